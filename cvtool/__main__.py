@@ -1,0 +1,3 @@
+from cvtool.cli import main
+
+main()

@@ -1,0 +1,190 @@
+"""The `cvtool` command line: thin commands that parse, call a task, and hand records to a writer.
+
+Nothing here imports torch at module level: `cvtool --help` must answer in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from pathlib import Path
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn, Optional
+
+import typer
+
+from cvtool.context import Environment
+from cvtool.status import CvtoolError, ExitStatus
+
+app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="Computer vision from the command line: classify, detect, segment, "
+                       "train, generate, benchmark.")
+
+# Options shared by the inference commands, declared once.
+Sources = Annotated[Optional[list[str]], typer.Argument(
+    help="Image files, directories (recursive), quoted globs, or - to read paths from stdin.",
+    show_default=False)]
+Models = Annotated[Optional[list[str]], typer.Option(
+    "--model", "-m", help="Registry name, or a cvtool checkpoint file / run directory. "
+                          "Give it more than once for an ensemble.", show_default=False)]
+Weights = Annotated[Optional[list[str]], typer.Option(
+    help="default | none (random init) | PATH to a state dict; once, or once per --model.",
+    show_default=False)]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
+Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16")]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+Workers = Annotated[int, typer.Option(min=0, help="Decoding threads (0: decode in the main thread).")]
+Format = Annotated[Optional[str], typer.Option(
+    "--format", help="table | jsonl | csv  [default: table on a terminal, else jsonl]",
+    show_default=False)]
+Output = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Directory for artifacts and run.json.", show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
+FailFast = Annotated[bool, typer.Option(help="Stop at the first input that fails.")]
+Seed = Annotated[int, typer.Option(help="Seed for everything random (e.g. --weights none).")]
+Null = Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated.")]
+MaxPixels = Annotated[Optional[int], typer.Option(
+    help="Reject images with more pixels than this (decompression-bomb guard).",
+    show_default=False)]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch.", show_default=False)]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
+
+
+_session: list[Environment] = []  # the Environment of the run in progress, set by run_cli
+
+
+@app.callback()
+def _root(ctx: typer.Context,
+          version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
+          ) -> None:
+    if version:
+        from cvtool import __version__
+
+        print(f"cvtool {__version__}")
+        raise typer.Exit()
+
+
+@app.command()
+def classify(
+    sources: Sources = None,
+    model: Models = None,
+    weights: Weights = None,
+    topk: Annotated[int, typer.Option(help="How many classes per image.")] = 5,
+    tta: Annotated[bool, typer.Option(help="Average over ten crops (corners, centre, flips).")] = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    batch_size: BatchSize = 16,
+    workers: Workers = 2,
+    threads: Threads = None,
+    format: Format = None,
+    output: Output = None,
+    null: Null = False,
+    max_pixels: MaxPixels = None,
+    fail_fast: FailFast = False,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Classify images: top-k labels with softmax probabilities."""
+    from cvtool.commands import classify as run
+
+    env = _configure(quiet, debug)
+    _finish(run, env, sources or [], model or ["resnet50"], weights or ["default"],
+            topk=topk, tta=tta, device=device, precision=precision,
+            batch_size=batch_size, workers=workers, threads=threads,
+            fmt=format, output=output, null=null, max_pixels=max_pixels,
+            fail_fast=fail_fast, seed=seed)
+
+
+@app.command()
+def models(
+    args: Annotated[Optional[list[str]], typer.Argument(
+        help="[TASK] to list, or: pull NAME", show_default=False, metavar="[TASK | pull NAME]")] = None,
+    format: Format = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """List the model registry (`cvtool models [TASK]`) or fetch weights (`cvtool models pull NAME`)."""
+    from cvtool.commands import models as run
+
+    env = _configure(quiet, debug)
+    _finish(run, env, args or [], fmt=format)
+
+
+class _StdoutClosed(Exception):
+    """The reader of stdout went away (`| head -1`)."""
+
+
+def _finish(body: Callable[..., int], *args: Any, **kwargs: Any) -> NoReturn:
+    """Run a command body and exit with its status."""
+    try:
+        status = body(*args, **kwargs)
+    except BrokenPipeError as exc:
+        # Click would turn EPIPE into a bare `exit 1`; keep the decision here.
+        raise _StdoutClosed() from exc
+    raise typer.Exit(status)
+
+
+def _configure(quiet: bool, debug: bool) -> Environment:
+    env = _session[-1]
+    env.quiet, env.debug = quiet, env.debug or debug
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run_cli(argv))
+
+
+def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    """Run the app and map every outcome onto an exit status; tracebacks only with --debug."""
+    env = env or Environment(debug=os.environ.get("CVTOOL_DEBUG", "") not in ("", "0"))
+    argv = sys.argv[1:] if argv is None else argv
+    env.debug = env.debug or "--debug" in argv
+    command = typer.main.get_command(app)
+    _session.append(env)
+    try:
+        result = command.main(argv, prog_name="cvtool", standalone_mode=False)
+        return int(result or 0)
+    except typer.Exit as done:
+        return done.exit_code
+    except typer.TyperException as exc:  # click's usage errors: bad option, missing value
+        exc.show(file=env.stderr)
+        return ExitStatus.USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        _report(env, "interrupted")
+        return ExitStatus.INTERRUPTED
+    except (_StdoutClosed, BrokenPipeError):
+        _silence_stdout()
+        return ExitStatus.BROKEN_PIPE
+    except CvtoolError as exc:
+        _report(env, f"error: {exc.message}")
+        return exc.status
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --debug
+        if env.debug:
+            traceback.print_exc(file=env.stderr)
+        _report(env, f"error: internal error: {type(exc).__name__}: {exc} "
+                     "(run with --debug for the traceback)")
+        return ExitStatus.INTERNAL
+    finally:
+        _session.pop()
+
+
+def _report(env: Environment, message: str) -> None:
+    if env.debug and sys.exc_info()[0] is not None:
+        traceback.print_exc(file=env.stderr)
+    try:
+        print(message, file=env.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; a closed pipe would then print a second error.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+

@@ -1,0 +1,107 @@
+"""Command bodies behind the CLI: validate options, build a task, stream its records.
+
+Kept apart from `cli.py` so the Typer layer stays a thin declaration of options.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from cvtool.context import Environment
+from cvtool.status import ExitStatus, UsageError
+
+RECORD_FORMATS = ("table", "jsonl", "csv")
+
+
+def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) -> str:
+    """`table` for people at a terminal, `jsonl` for pipes and files, unless asked otherwise."""
+    if fmt is None:
+        return "table" if env.stdout_isatty else "jsonl"
+    if fmt not in allowed:
+        raise UsageError(f"invalid --format {fmt!r} here; expected one of {', '.join(allowed)}")
+    return fmt
+
+
+def check_output_dir(output: Path | None) -> None:
+    if output is not None and output.exists() and not output.is_dir():
+        raise UsageError(f"--output {output} exists and is not a directory")
+
+
+def classify(env: Environment, sources: list[str], models: list[str], weights: list[str], *,
+             topk: int, tta: bool, device: str, precision: str, batch_size: int, workers: int,
+             threads: int | None, fmt: str | None, output: Path | None, null: bool,
+             max_pixels: int | None, fail_fast: bool, seed: int) -> int:
+    fmt = resolve_format(env, fmt, RECORD_FORMATS)
+    check_output_dir(output)
+    if not sources:
+        raise UsageError("no inputs: give image files, directories, quoted globs, or - for stdin")
+    from cvtool import device as devices
+    from cvtool.runner import Tally, run_info, stream_records, write_run_json
+    from cvtool.sources import iter_sources
+    from cvtool.tasks import classify as task
+    from cvtool.writers import make_writer
+
+    devices.autocast_dtype(precision)
+    threads = devices.set_threads(threads)
+    devices.seed_everything(seed)
+    target = devices.resolve_device(device)
+    options = task.ClassifyOptions(models=models, weights=weights, topk=topk, tta=tta,
+                                   precision=precision, batch_size=batch_size, workers=workers,
+                                   fail_fast=fail_fast, max_pixels=max_pixels)
+    loop, loaded = task.build(options, target, env.offline, env.warn)
+    tally = Tally()
+    records = loop.run(iter_sources(sources, env.stdin if "-" in sources else None, null))
+    stream_records(env, records, make_writer(fmt, env.stdout, task.TASK, env.no_color), tally)
+    settings = {"device": str(target), "device_name": devices.describe_device(target),
+                "precision": precision, "threads": threads, "seed": seed,
+                "batch_size": batch_size, "topk": topk, "tta": tta}
+    if output is not None:
+        write_run_json(output, run_info(task.TASK, [_model_info(m) for m in loaded], settings, tally))
+    _summarise(env, tally)
+    return tally.status()
+
+
+def _model_info(loaded: Any) -> dict[str, Any]:
+    return {"name": loaded.name, "weights_file": loaded.weights_file,
+            "weights_sha256": loaded.weights_sha256, "classes": len(loaded.categories)}
+
+
+def _summarise(env: Environment, tally: Any) -> None:
+    counts = tally.to_dict()
+    env.log(f"{counts['inputs']} inputs, {counts['failed']} failed, {counts['seconds']:.2f} s "
+            f"({counts['inputs_per_second'] or 0:.1f}/s)")
+
+
+def models(env: Environment, args: list[str], fmt: str | None) -> int:
+    from cvtool import registry
+
+    if args[:1] == ["pull"]:
+        if len(args) != 2:
+            raise UsageError("usage: cvtool models pull NAME")
+        return _pull(env, registry.get_spec(args[1]))
+    if len(args) > 1:
+        raise UsageError("usage: cvtool models [TASK] | cvtool models pull NAME")
+    task = args[0] if args else None
+    if task is not None and task not in registry.TASKS:
+        raise UsageError(f"unknown task {task!r}; expected one of {', '.join(registry.TASKS)}")
+    from cvtool.models.weights import describe
+
+    rows = [describe(spec) for spec in registry.list_models(task)]
+    _write_rows(env, rows, resolve_format(env, fmt, RECORD_FORMATS))
+    return ExitStatus.SUCCESS
+
+
+def _pull(env: Environment, spec: Any) -> int:
+    from cvtool.models.weights import pull
+
+    path = pull(spec, offline=env.offline)
+    env.log(f"{spec.name}: weights cached at {path}")
+    print(path, file=env.stdout, flush=True)
+    return ExitStatus.SUCCESS
+
+
+def _write_rows(env: Environment, rows: list[dict[str, Any]], fmt: str) -> None:
+    from cvtool.writers import write_rows
+
+    write_rows(env.stdout, rows, fmt, env.no_color)

@@ -1,0 +1,117 @@
+"""Decode one input file into a fully loaded RGB PIL image, or raise `InputFailure` saying why.
+
+Every inference command reads its inputs through `load_image`, from a pool of threads, so this
+module keeps no state and never touches Pillow's global switches (`LOAD_TRUNCATED_IMAGES`,
+warning filters): a truncated file is an error, not a half-grey image. Pillow and numpy only.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+from typing import BinaryIO
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cvtool.results import InputFailure
+
+DEFAULT_MAX_PIXELS: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default (about 0.25 GiB RGBA)
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
+# What Pillow's decoders raise on damaged data, besides OSError.
+_CORRUPT_DATA_ERRORS = (SyntaxError, ValueError, EOFError, IndexError, struct.error)
+
+
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """The first frame of `path` as RGB, EXIF orientation applied, pixels loaded.
+
+    `max_pixels` bounds width*height as read from the header, before any pixel is decoded, so a
+    small file that claims a huge canvas fails fast instead of allocating it.
+    """
+    try:
+        file = open(path, "rb")
+    except OSError as exc:
+        raise InputFailure(type(exc).__name__, _strerror(exc)) from None
+    with file:
+        _require_content(file)
+        image = _open(file, max_pixels)
+        return _decode(image)
+
+
+def _require_content(file: BinaryIO) -> None:
+    info = os.fstat(file.fileno())
+    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+        raise InputFailure("EmptyFile", "file is empty (0 bytes)")
+
+
+def _open(file: BinaryIO, max_pixels: int) -> Image.Image:
+    try:
+        image = Image.open(file)
+    except UnidentifiedImageError:
+        raise InputFailure("UnidentifiedImage", "not an image format Pillow can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # Pillow's own header check, against its global limit; the warning arrives as an
+        # exception only where the caller made warnings errors. Either way, it is a bomb.
+        raise InputFailure("DecompressionBomb", _one_line(exc)) from None
+    except (OSError, *_CORRUPT_DATA_ERRORS) as exc:
+        message = f"cannot read the image header: {_one_line(exc)}"
+        raise InputFailure("CorruptImage", message) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise InputFailure(
+            "DecompressionBomb",
+            f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}",
+        )
+    return image
+
+
+def _decode(image: Image.Image) -> Image.Image:
+    """Load pixels (first frame: a fresh image starts there), orient, convert to RGB."""
+    try:
+        image.load()
+        oriented = ImageOps.exif_transpose(image)
+        return to_rgb(oriented)
+    except OSError as exc:
+        kind = "TruncatedImage" if "truncated" in str(exc) else "CorruptImage"
+        raise InputFailure(kind, _one_line(exc)) from None
+    except _CORRUPT_DATA_ERRORS as exc:
+        raise InputFailure("CorruptImage", _one_line(exc)) from None
+    except MemoryError:
+        raise InputFailure("MemoryError", "not enough memory to decode this image") from None
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB, alpha dropped (as torchvision's pil_loader does)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in _SIXTEEN_BIT_MODES:
+        return _gray_to_rgb(np.asarray(image).astype(np.float64) / 257.0)
+    if image.mode == "F":
+        return _gray_to_rgb(_float_to_8bit_scale(np.asarray(image, dtype=np.float64)))
+    if "transparency" in image.info:
+        # Via RGBA: Pillow warns when a palette's transparency is converted straight to RGB.
+        return image.convert("RGBA").convert("RGB")
+    return image.convert("RGB")
+
+
+def _gray_to_rgb(values: np.ndarray) -> Image.Image:
+    # Scale, not clip: Pillow's own I;16 -> RGB clips, turning most of a 16-bit range white.
+    gray = np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+    return Image.fromarray(gray).convert("RGB")
+
+
+def _float_to_8bit_scale(values: np.ndarray) -> np.ndarray:
+    # Float images come as 0..1 (scientific TIFF) or 0..255 (Pillow's own float mode); the
+    # value range is the only hint which.
+    values = np.nan_to_num(values, nan=0.0, posinf=255.0, neginf=0.0)
+    return values * 255.0 if values.size and values.max() <= 1.0 else values
+
+
+def _strerror(exc: OSError) -> str:
+    return (exc.strerror or str(exc)).lower()
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

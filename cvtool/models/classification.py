@@ -1,0 +1,209 @@
+"""Image classifiers: a registry name or a cvtool checkpoint in, a ready-to-run model out.
+
+Preprocessing is never approximated: a torchvision model uses its default weights' own
+`transforms()` (also under `--weights none|PATH`, the architecture's input contract does not
+change), and a cvtool checkpoint rebuilds torchvision's `ImageClassification` from its meta.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.models.weights import (
+    download_default_weights,
+    file_sha256,
+    local_weights_path,
+    read_state_dict,
+)
+from cvtool.registry import ModelSpec, get_spec, resolve_reference
+from cvtool.status import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# torchvision's densenet files predate a renaming of these keys; its builder rewrites them so too.
+_LEGACY_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+_AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
+
+
+def _warn_on_stderr(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
+
+
+@dataclass
+class LoadedModel:
+    name: str  # registry name, or the checkpoint path as given
+    module: nn.Module  # eval mode, on CPU, float32
+    categories: list[str]
+    transforms: Callable  # torchvision ImageClassification
+    weights_file: str | None  # where the parameters came from; None for random init
+    weights_sha256: str | None
+
+
+def load_classifier(model: str, weights: str = "default", offline: bool = False,
+                    warn: Callable[[str], None] = _warn_on_stderr) -> LoadedModel:
+    """Resolve `model` (registry name, checkpoint, run dir) and `weights` (default|none|PATH).
+
+    Raises UsageError (unknown model, unfitting or unreadable file) or ResourceUnavailable
+    (default weights not cached and offline, or the download failed).
+    """
+    if _looks_like_path(model):
+        return _checkpoint_classifier(Path(model), model, weights)
+    spec = get_spec(model)
+    if spec.task != "classify":
+        raise UsageError(f"{model} is a {spec.task} model; "
+                         f"`cvtool models classify` lists the classifiers")
+    if spec.source == "house":
+        return _checkpoint_classifier(spec.checkpoint_path, spec.name, weights)
+    return _torchvision_classifier(spec, weights, offline, warn)
+
+
+def classification_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
+    """torchvision's ImageClassification from a checkpoint's `preprocessing` meta."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms._presets import ImageClassification
+
+    try:
+        transforms = ImageClassification(
+            crop_size=preprocessing["crop_size"], resize_size=preprocessing["resize_size"],
+            mean=preprocessing["mean"], std=preprocessing["std"],
+            interpolation=InterpolationMode(preprocessing["interpolation"]))
+    except (KeyError, TypeError, ValueError) as error:
+        raise UsageError(f"checkpoint preprocessing is invalid: {error!r}") from None
+    # ImageClassification wraps its sizes in a list, right for an int; [h, w] is already that list.
+    for size in ("crop_size", "resize_size"):
+        if isinstance(preprocessing[size], list):
+            setattr(transforms, size, list(preprocessing[size]))
+    return transforms
+
+
+def _looks_like_path(model: str) -> bool:
+    return (Path(model).exists() or model.endswith((".safetensors", ".json"))
+            or any(separator in model for separator in ("/", "\\")))
+
+
+def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
+    if weights != "default":
+        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
+                         f"carries its own weights")
+    tensors_path = resolve_checkpoint(path)
+    state, meta = load_checkpoint(tensors_path)
+    if meta.get("task") != "classify" or not isinstance(meta.get("classes"), list):
+        raise UsageError(f"{name} is not a classification checkpoint (task {meta.get('task')!r})")
+    module = build_architecture(meta)
+    _load_exactly(module, state, f"checkpoint {tensors_path}", name)
+    transforms = classification_transforms(meta.get("preprocessing", {}))
+    return LoadedModel(name, _ready(module), [str(label) for label in meta["classes"]], transforms,
+                       str(tensors_path), file_sha256(tensors_path))
+
+
+def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
+                            warn: Callable[[str], None]) -> LoadedModel:
+    default = resolve_reference(spec.weights)
+    categories = list(default.meta["categories"])
+    if weights == "none":
+        warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
+        module = _build_torchvision(spec, default, {}, len(categories))
+        return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None, None)
+    path, state = _state_dict_for(spec, weights, offline)
+    module = _build_torchvision(spec, default, state, len(categories))
+    num_classes = _fitting_num_classes(module, state, len(categories))
+    if num_classes != len(categories):
+        warn(f"{path} has {num_classes} classes, not the {len(categories)} of {default!r}: "
+             f"labels are class_0..class_{num_classes - 1}")
+        module = _build_torchvision(spec, default, state, num_classes)
+        categories = [f"class_{index}" for index in range(num_classes)]
+    _load_exactly(module, state, f"weights file {path}", spec.name)
+    return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path),
+                       file_sha256(path))
+
+
+def _state_dict_for(spec: ModelSpec, weights: str, offline: bool) -> tuple[Path, dict[str, Any]]:
+    if weights == "default":
+        path = local_weights_path(spec)
+        state = (read_state_dict(path) if path.is_file()
+                 else download_default_weights(spec, offline, progress=sys.stderr.isatty()))
+    else:
+        path = Path(weights)
+        state = _unwrap_state_dict(read_state_dict(path), path)
+    for key in list(state):
+        if match := _LEGACY_DENSENET_KEY.match(key):
+            state[match[1] + match[2]] = state.pop(key)
+    return path, state
+
+
+def _unwrap_state_dict(loaded: Any, path: Path) -> dict[str, Any]:
+    """Training scripts often save {"state_dict": ...} or {"model": ...} around the state dict."""
+    import torch
+
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+    if not isinstance(loaded, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise UsageError(f"weights file {path} does not hold a state dict of tensors")
+    return loaded
+
+
+def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],
+                       num_classes: int) -> nn.Module:
+    """The architecture as torchvision's builder configures it for `default` weights.
+
+    Mirrors the `_ovewrite_named_param` calls in torchvision's builders: a state dict made for the
+    weights only fits, and only computes the same function, when the model is built the same way.
+    """
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if spec.name.startswith("vit_"):
+        kwargs["image_size"] = default.meta["min_size"][0]
+    elif spec.name == "maxvit_t":
+        kwargs["input_size"] = default.meta["min_size"]
+    elif spec.name in ("googlenet", "inception_v3"):
+        aux_logits = any(key.startswith(_AUX_HEAD_PREFIXES) for key in state)
+        kwargs.update(transform_input=True, init_weights=False, aux_logits=aux_logits)
+    return resolve_reference(spec.builder)(weights=None, **kwargs)
+
+
+def _fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classes: int) -> int:
+    """The file's class count when only the classifier's output size differs, else `num_classes`."""
+    expected = module.state_dict()
+    if set(expected) != set(state):
+        return num_classes
+    different = [key for key in expected if expected[key].shape != state[key].shape]
+    found = {state[key].shape[0] for key in different}
+    fits = all(expected[key].shape[0] == num_classes
+               and expected[key].shape[1:] == state[key].shape[1:] for key in different)
+    return found.pop() if different and fits and len(found) == 1 else num_classes
+
+
+def _load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name: str) -> None:
+    """Strict load with a one-line summary of what does not fit."""
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshapen = [key for key in expected
+                 if key in state and expected[key].shape != state[key].shape]
+    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in (
+        ("missing keys", missing), ("unexpected keys", unexpected), ("of wrong shape", misshapen))
+        if keys]
+    if problems:
+        raise UsageError(f"{source} does not fit {name}: {', '.join(problems)}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, ValueError) as error:
+        raise UsageError(f"{source} does not fit {name}: {' '.join(str(error).split())}") from None
+
+
+def _ready(module: nn.Module) -> nn.Module:
+    return module.float().to("cpu").eval()
+
+
+def _first(keys: list[str], shown: int = 3) -> str:
+    return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")

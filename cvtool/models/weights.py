@@ -1,0 +1,122 @@
+"""Where a registry model's parameters live, and getting them there.
+
+Default weights come through torchvision's own API and cache (`torch.hub.get_dir()/checkpoints`,
+which honours TORCH_HOME); house models are files inside the package. Nothing here builds a model,
+so listing the whole registry's cached state stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlparse
+
+from cvtool.registry import ModelSpec, resolve_reference
+from cvtool.status import ResourceUnavailable, UsageError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+_CHUNK = 1 << 20
+
+
+def local_weights_path(spec: ModelSpec) -> Path | None:
+    """The file holding `spec`'s default parameters once cached; None if it has none."""
+    if spec.source == "house":
+        return spec.checkpoint_path
+    if spec.weights is None:
+        return None
+    import torch.hub
+
+    url = resolve_reference(spec.weights).url
+    # The same file name torch.hub.load_state_dict_from_url gives the download.
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def is_cached(spec: ModelSpec) -> bool:
+    path = local_weights_path(spec)
+    return path is not None and path.is_file()
+
+
+def describe(spec: ModelSpec) -> dict[str, Any]:
+    """The row `cvtool models` shows for `spec`."""
+    return {
+        "name": spec.name,
+        "task": spec.task,
+        "source": spec.source,
+        "default_weights": _default_weights_label(spec),
+        "cached": is_cached(spec),
+    }
+
+
+def pull(spec: ModelSpec, offline: bool, progress: bool = True) -> Path:
+    """Make sure `spec`'s default weights are in the cache and return the cached file."""
+    path = local_weights_path(spec)
+    if path is None:
+        raise UsageError(f"{spec.name} has no default weights to pull")
+    if path.is_file():
+        return path
+    if spec.source == "house":
+        raise ResourceUnavailable(f"house checkpoint {path} is missing from this installation")
+    download_default_weights(spec, offline, progress)
+    return path
+
+
+def download_default_weights(spec: ModelSpec, offline: bool, progress: bool) -> dict[str, Tensor]:
+    """Fetch `spec`'s default weights into torch hub's cache through torchvision's API."""
+    if offline:
+        raise ResourceUnavailable(_not_cached_message(spec, "CVTOOL_OFFLINE=1 forbids downloading"))
+    weights = resolve_reference(spec.weights)
+    try:
+        # torch.hub announces downloads on stdout, which carries only cvtool's data.
+        with contextlib.redirect_stdout(sys.stderr):
+            return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
+    except (OSError, RuntimeError) as error:
+        reason = f"download failed ({type(error).__name__}: {_one_line(error)})"
+        raise ResourceUnavailable(_not_cached_message(spec, reason)) from None
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """A state dict file: safetensors, or a torch.save'd dict loaded without unpickling code."""
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise UsageError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, pickle.UnpicklingError, OSError, RuntimeError, ValueError,
+            EOFError) as error:
+        raise UsageError(f"cannot read weights file {path}: {_one_line(error)}") from None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _default_weights_label(spec: ModelSpec) -> str | None:
+    if spec.source == "house":
+        return spec.checkpoint
+    return spec.weights.partition(":")[2] if spec.weights else None
+
+
+def _not_cached_message(spec: ModelSpec, reason: str) -> str:
+    return (f"default weights for {spec.name} are not cached and {reason}; "
+            f"run `cvtool models pull {spec.name}` with network access, "
+            f"or pass a state dict file with `--weights PATH`")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split())[:300]

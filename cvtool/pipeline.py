@@ -1,0 +1,147 @@
+"""The one batch loop every inference task runs on.
+
+Decoding and preprocessing run in a thread pool ahead of the model (Pillow and torch release
+the GIL), so the model never waits on JPEG decoding. Records come out in input order; a failed
+input becomes an error record in its place and the batch goes on.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from cvtool.decode import load_image
+from cvtool.results import InputError, InputFailure, Record
+from cvtool.sources import Source
+from cvtool.status import ResourceUnavailable
+
+T = TypeVar("T")
+_IDLE = object()  # marker: the next input is not queued yet
+_END = object()  # marker: the sources are exhausted
+
+
+@dataclass
+class Prepared(Generic[T]):
+    """One decoded input, ready for the model, or the reason it is not."""
+
+    path: str
+    width: int | None = None
+    height: int | None = None
+    inputs: T | None = None
+    error: InputError | None = None
+
+
+@dataclass
+class BatchLoop(Generic[T]):
+    task: str
+    model_name: str
+    prepare: Callable[[Any], T]  # a decoded RGB PIL image -> model inputs
+    infer: Callable[[list[T], list[Prepared[T]]], list[dict[str, Any]]]  # payload per input
+    batch_size: int = 8
+    workers: int = 2
+    max_pixels: int | None = None
+    fail_fast: bool = False
+
+    def run(self, sources: Iterable[Source]) -> Iterator[Record]:
+        pending: list[Prepared[T]] = []
+        for item in self._prepared(sources):
+            if item is _IDLE:
+                # Nothing more is ready (a slow stdin producer): answer what we have now.
+                yield from self._flush(pending)
+                pending = []
+                continue
+            pending.append(item)
+            if item.error is not None and self.fail_fast:
+                yield from self._flush(pending)
+                return
+            if all(p.error is not None for p in pending) or \
+                    sum(p.error is None for p in pending) >= self.batch_size:
+                yield from self._flush(pending)
+                pending = []
+        yield from self._flush(pending)
+
+    def _flush(self, pending: list[Prepared[T]]) -> Iterator[Record]:
+        ready = [p for p in pending if p.error is None]
+        payloads = iter(infer_in_halves(self.infer, ready) if ready else [])
+        for item in pending:
+            payload = next(payloads) if item.error is None else {}
+            yield Record(path=item.path, task=self.task, model=self.model_name, width=item.width,
+                         height=item.height, error=item.error, payload=payload)
+
+    def _prepared(self, sources: Iterable[Source]) -> Iterator[Prepared[T] | object]:
+        """Prepared inputs in order, and `_IDLE` whenever the next one is not even queued yet."""
+        if self.workers < 1:
+            yield from (self._prepare_one(source) for source in sources)
+            return
+        executor = ThreadPoolExecutor(self.workers, thread_name_prefix="cvtool-decode")
+        futures: queue.Queue = queue.Queue(maxsize=max(2 * self.batch_size, 2 * self.workers))
+        # Sources are read in their own thread: a stdin that waits on `find` never stalls results.
+        threading.Thread(target=self._submit_all, args=(sources, executor, futures),
+                         daemon=True).start()
+        try:
+            while True:
+                if futures.empty():
+                    yield _IDLE
+                item = futures.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.result()
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+    def _submit_all(self, sources: Iterable[Source], executor: ThreadPoolExecutor,
+                    futures: queue.Queue) -> None:
+        try:
+            for source in sources:
+                futures.put(executor.submit(self._prepare_one, source))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consuming thread
+            futures.put(exc)
+        futures.put(_END)
+
+    def _prepare_one(self, source: Source) -> Prepared[T]:
+        if source.error is not None:
+            return Prepared(source.path, error=source.error)
+        try:
+            image = load_image(source.path, **self._decode_options())
+            width, height = image.size
+            return Prepared(source.path, width, height, inputs=self.prepare(image))
+        except InputFailure as failure:
+            return Prepared(source.path, error=failure.error)
+        except Exception as exc:  # noqa: BLE001 - one odd input must not end the batch
+            return Prepared(source.path, error=InputError(type(exc).__name__, _one_line(exc)))
+
+    def _decode_options(self) -> dict[str, int]:
+        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+
+
+def infer_in_halves(infer: Callable, ready: list[Prepared]) -> list[dict[str, Any]]:
+    """Run `infer`; on out-of-memory retry with smaller batches, down to one input."""
+    import torch
+
+    try:
+        return infer([p.inputs for p in ready], ready)
+    except torch.OutOfMemoryError:
+        if len(ready) == 1:
+            raise ResourceUnavailable("out of memory even with a batch of one; "
+                                      "try a smaller model, --precision bf16 or --device cpu")
+        _empty_cache()
+        half = len(ready) // 2
+        return infer_in_halves(infer, ready[:half]) + infer_in_halves(infer, ready[half:])
+
+
+def _empty_cache() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__

@@ -1,0 +1,95 @@
+"""Drive a task's records to a writer: progress on stderr, counts, `run.json`, the exit status.
+
+Shared by every inference command, so streaming, interruption and artifacts behave the same.
+"""
+
+from __future__ import annotations
+
+import platform
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvtool import __version__
+from cvtool.context import Environment
+from cvtool.results import Record
+from cvtool.status import ExitStatus
+from cvtool.writers import RecordWriter, write_json
+
+
+@dataclass
+class Tally:
+    total: int = 0
+    failed: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def ok(self) -> int:
+        return self.total - self.failed
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.started
+
+    def status(self) -> ExitStatus:
+        return ExitStatus.PARTIAL if self.failed else ExitStatus.SUCCESS
+
+    def to_dict(self) -> dict[str, Any]:
+        seconds = self.seconds
+        return {"inputs": self.total, "ok": self.ok, "failed": self.failed,
+                "seconds": round(seconds, 4),
+                "inputs_per_second": round(self.total / seconds, 3) if seconds else None}
+
+
+def stream_records(env: Environment, records: Iterable[Record], writer: RecordWriter,
+                   tally: Tally) -> None:
+    """Write each record as it finishes; the table writer prints what it has even on Ctrl-C."""
+    try:
+        for record in _with_progress(env, records):
+            tally.total += 1
+            tally.failed += not record.ok
+            writer.write(record)
+    finally:
+        writer.close()
+
+
+def _with_progress(env: Environment, records: Iterable[Record]) -> Iterator[Record]:
+    if env.quiet or not env.stderr_isatty:
+        yield from records
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TextColumn("{task.fields[rate]}"))
+    with Progress(*columns, console=env.console, transient=True) as progress:
+        task = progress.add_task("images", total=None, rate="")
+        started = time.perf_counter()
+        for count, record in enumerate(records, start=1):
+            rate = f"{count / max(time.perf_counter() - started, 1e-9):.1f} img/s"
+            progress.update(task, advance=1, rate=rate)
+            yield record
+
+
+def run_info(command: str, models: list[dict[str, Any]], settings: dict[str, Any],
+             tally: Tally) -> dict[str, Any]:
+    """What `run.json` records: enough to reproduce and audit the run."""
+    return {"cvtool_version": __version__, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+            "task": command, "versions": _versions(), "models": models, **settings,
+            "counts": tally.to_dict()}
+
+
+def write_run_json(output: Path, info: dict[str, Any]) -> None:
+    write_json(Path(output) / "run.json", info)
+
+
+def _versions() -> dict[str, str]:
+    import PIL
+    import torch
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "pillow": PIL.__version__}
+

@@ -1,0 +1,150 @@
+"""Where records and artifacts go: streaming table/jsonl/csv writers and atomic file writes.
+
+Record writers flush after every record, so `| head -1` or a Ctrl-C leaves only complete lines.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from rich.console import Console
+from rich.table import Table
+
+from cvtool.results import Record
+
+RECORD_FORMATS = ("table", "jsonl", "csv", "coco")
+
+# For csv: the list in each task's payload that becomes one row per item, and the item's columns.
+CSV_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "classify": ("predictions", ("rank", "index", "label", "score")),
+}
+CSV_BASE = ("path", "ok", "task", "model", "width", "height")
+CSV_ERROR = ("error_type", "error_message")
+
+
+class RecordWriter(Protocol):
+    def write(self, record: Record) -> None: ...
+    def close(self) -> None: ...
+
+
+class JsonlWriter:
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def write(self, record: Record) -> None:
+        self.stream.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class CsvWriter:
+    """One row per prediction; a failed input is one row with the error columns filled."""
+
+    def __init__(self, stream: IO[str], task: str) -> None:
+        self.stream = stream
+        self.items_key, self.item_columns = CSV_ITEMS[task]
+        self.writer = csv.DictWriter(stream, fieldnames=[*CSV_BASE, *self.item_columns, *CSV_ERROR],
+                                     lineterminator="\n")
+        self.writer.writeheader()
+
+    def write(self, record: Record) -> None:
+        base = {key: record.to_dict()[key] for key in CSV_BASE}
+        if record.error is not None:
+            self.writer.writerow({**base, "error_type": record.error.type,
+                                  "error_message": record.error.message})
+        for rank, item in enumerate(record.payload.get(self.items_key, []), start=1):
+            row = {column: item.get(column) for column in self.item_columns}
+            self.writer.writerow({**base, **row, "rank": rank})
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.stream.flush()
+
+
+class TableWriter:
+    """A rich table for people at a terminal; printed once all records are in."""
+
+    def __init__(self, stream: IO[str], task: str, no_color: bool) -> None:
+        self.console = Console(file=stream, no_color=no_color, highlight=False)
+        self.items_key = CSV_ITEMS[task][0]
+        self.table = Table("path", "size", "result", box=None, header_style="bold")
+
+    def write(self, record: Record) -> None:
+        size = f"{record.width}x{record.height}" if record.width else ""
+        self.table.add_row(record.path, size, self._summary(record))
+
+    def _summary(self, record: Record) -> str:
+        if record.error is not None:
+            return f"[red]error[/red] {record.error.type}: {record.error.message}"
+        items = record.payload.get(self.items_key, [])
+        return ", ".join(f"{item['label']} {item['score']:.3f}" for item in items)
+
+    def close(self) -> None:
+        if self.table.row_count:
+            self.console.print(self.table)
+
+
+def make_writer(fmt: str, stream: IO[str], task: str, no_color: bool = False) -> RecordWriter:
+    if fmt == "jsonl":
+        return JsonlWriter(stream)
+    if fmt == "csv":
+        return CsvWriter(stream, task)
+    if fmt == "table":
+        return TableWriter(stream, task, no_color)
+    raise ValueError(f"no record writer for format {fmt!r}")
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    """Write to a temp file beside `path`, then rename over it: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    with atomic_open(path, "w") as handle:
+        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write("\n")
+
+
+def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str, no_color: bool = False) -> None:
+    """Flat rows (listings, summaries) as a table, JSON lines or CSV."""
+    columns = list(rows[0]) if rows else []
+    if fmt == "jsonl":
+        stream.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    elif fmt == "csv":
+        writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        table = Table(*columns, box=None, header_style="bold")
+        for row in rows:
+            table.add_row(*(_cell(row[c]) for c in columns))
+        Console(file=stream, no_color=no_color, highlight=False).print(table)
+    stream.flush()
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return "" if value is None else str(value)

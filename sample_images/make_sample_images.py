@@ -1,0 +1,100 @@
+"""Regenerate sample_images/ from data bundled with scikit-image and scikit-learn (no network).
+
+    python sample_images/make_sample_images.py
+
+photos/: colour photographs, longer side at most 640 px, JPEG quality 90.
+digits/: two examples per class from the last 20% of scikit-learn's 8x8 digits (the part a
+cvtool-trained digits model holds out), upscaled to 32x32 with nearest neighbour, grayscale PNG,
+named digit_<label>_<dataset index>.png. Origins and licences: SOURCES.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+MAX_SIDE = 640
+JPEG_QUALITY = 90
+DIGIT_SIZE = 32
+DIGITS_PER_CLASS = 2
+HELD_OUT_FRACTION = 0.2
+
+
+def photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
+    """Output stem -> loader of an (H, W, 3) uint8 array; all files ship inside the packages."""
+    from skimage import data
+    from sklearn.datasets import load_sample_image
+
+    return {
+        "astronaut": data.astronaut,
+        "chelsea": data.chelsea,
+        "coffee": data.coffee,
+        "rocket": data.rocket,
+        "hubble_deep_field": data.hubble_deep_field,
+        "retina": data.retina,
+        "china": lambda: load_sample_image("china.jpg"),
+        "flower": lambda: load_sample_image("flower.jpg"),
+    }
+
+
+def fit_longer_side(image: Image.Image, limit: int = MAX_SIDE) -> Image.Image:
+    scale = limit / max(image.size)
+    if scale >= 1:
+        return image
+    size = (round(image.width * scale), round(image.height * scale))
+    return image.resize(size, Image.Resampling.LANCZOS)
+
+
+def write_photos(out_dir: Path) -> list[Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for stem, load in photo_loaders().items():
+        image = fit_longer_side(Image.fromarray(load()).convert("RGB"))
+        path = out_dir / f"{stem}.jpg"
+        # No optimize/progressive: plain baseline JPEGs keep the bytes reproducible.
+        image.save(path, "JPEG", quality=JPEG_QUALITY)
+        written.append(path)
+    return written
+
+
+def held_out_examples(labels: np.ndarray) -> list[int]:
+    """The first DIGITS_PER_CLASS indices of each class within the last 20% of the dataset."""
+    start = int(len(labels) * (1 - HELD_OUT_FRACTION))
+    chosen = []
+    for label in range(10):
+        indices = np.flatnonzero(labels[start:] == label)[:DIGITS_PER_CLASS] + start
+        chosen.extend(int(index) for index in indices)
+    return chosen
+
+
+def digit_image(pixels: np.ndarray) -> Image.Image:
+    """8x8 counts 0..16 (ink is high) -> 32x32 8-bit grayscale, blocks kept sharp."""
+    gray = np.rint(pixels.reshape(8, 8) * (255 / 16)).astype(np.uint8)
+    return Image.fromarray(gray, "L").resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.NEAREST)
+
+
+def write_digits(out_dir: Path) -> list[Path]:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in held_out_examples(digits.target):
+        path = out_dir / f"digit_{digits.target[index]}_{index:04d}.png"
+        digit_image(digits.data[index]).save(path, "PNG")
+        written.append(path)
+    return written
+
+
+def main() -> None:
+    paths = write_photos(HERE / "photos") + write_digits(HERE / "digits")
+    total = sum(path.stat().st_size for path in paths)
+    print(f"wrote {len(paths)} files, {total / 1024:.0f} KiB, under {HERE}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Run cvtool the way users do: in-process through the real entry point, or as a subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvtool.cli import run_cli
+from cvtool.context import Environment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for line in self.stdout.splitlines()]
+
+
+class _Bytes(io.BytesIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def cvtool(*args: str, stdin: bytes = b"") -> Result:
+    """In-process run with captured streams (stdout is not a terminal: jsonl by default)."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    env = Environment(stdin=_Bytes(stdin), stdout=stdout, stderr=stderr)
+    code = run_cli([str(a) for a in args], env)
+    return Result(int(code), stdout.getvalue(), stderr.getvalue())
+
+
+def cvtool_process(*args: str, stdin: bytes = b"", env: dict | None = None,
+                   timeout: float = 300) -> Result:
+    """A real `python -m cvtool` process."""
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    done = subprocess.run([sys.executable, "-m", "cvtool", *map(str, args)], input=stdin,
+                          capture_output=True, env=full_env, timeout=timeout)
+    return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
