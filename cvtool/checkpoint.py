@@ -23,14 +23,13 @@ builders under `TRUSTED_BUILDER_MODULES`, so a checkpoint from elsewhere cannot 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cvtool.registry import resolve_reference
 from cvtool.status import UsageError
+from cvtool.writers import atomic_open, atomic_path
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -53,8 +52,10 @@ def save_checkpoint(path: Path, state_dict: Mapping[str, Tensor], meta: dict) ->
     sidecar = json.dumps({**meta, "format": FORMAT, "format_version": FORMAT_VERSION}, indent=2)
     # Cloning drops storage shared between entries (tied weights), which safetensors refuses.
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
-    _write_atomically(path, lambda temp: save_file(tensors, str(temp)))
-    _write_atomically(path.with_suffix(".json"), lambda temp: temp.write_text(sidecar + "\n"))
+    with atomic_path(path) as temp:
+        save_file(tensors, str(temp))
+    with atomic_open(path.with_suffix(".json"), "w") as handle:
+        handle.write(sidecar + "\n")
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict]:
@@ -121,15 +122,3 @@ def _read_meta(sidecar: Path) -> dict:
                          f"this cvtool reads version {FORMAT_VERSION}")
     return meta
 
-
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """Run `write(temp_path)` on a temp file beside `target`, then rename it over `target`."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp_name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(temp_name))
-        os.replace(temp_name, target)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise

@@ -15,7 +15,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cvtool.results import InputFailure
+from cvtool.results import InputFailure, one_line
 
 DEFAULT_MAX_PIXELS: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default (about 0.25 GiB RGBA)
 
@@ -54,9 +54,9 @@ def _open(file: BinaryIO, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         # Pillow's own header check, against its global limit; the warning arrives as an
         # exception only where the caller made warnings errors. Either way, it is a bomb.
-        raise InputFailure("DecompressionBomb", _one_line(exc)) from None
+        raise InputFailure("DecompressionBomb", one_line(exc)) from None
     except (OSError, *_CORRUPT_DATA_ERRORS) as exc:
-        message = f"cannot read the image header: {_one_line(exc)}"
+        message = f"cannot read the image header: {one_line(exc)}"
         raise InputFailure("CorruptImage", message) from None
     width, height = image.size
     if width * height > max_pixels:
@@ -75,9 +75,9 @@ def _decode(image: Image.Image) -> Image.Image:
         return to_rgb(oriented)
     except OSError as exc:
         kind = "TruncatedImage" if "truncated" in str(exc) else "CorruptImage"
-        raise InputFailure(kind, _one_line(exc)) from None
+        raise InputFailure(kind, one_line(exc)) from None
     except _CORRUPT_DATA_ERRORS as exc:
-        raise InputFailure("CorruptImage", _one_line(exc)) from None
+        raise InputFailure("CorruptImage", one_line(exc)) from None
     except MemoryError:
         raise InputFailure("MemoryError", "not enough memory to decode this image") from None
 
@@ -111,7 +111,3 @@ def _float_to_8bit_scale(values: np.ndarray) -> np.ndarray:
 
 def _strerror(exc: OSError) -> str:
     return (exc.strerror or str(exc)).lower()
-
-
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__

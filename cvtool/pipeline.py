@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from cvtool.decode import load_image
-from cvtool.results import InputError, InputFailure, Record
+from cvtool.results import InputError, InputFailure, Record, one_line
 from cvtool.sources import Source
 from cvtool.status import ResourceUnavailable
 
@@ -114,7 +114,7 @@ class BatchLoop(Generic[T]):
         except InputFailure as failure:
             return Prepared(source.path, error=failure.error)
         except Exception as exc:  # noqa: BLE001 - one odd input must not end the batch
-            return Prepared(source.path, error=InputError(type(exc).__name__, _one_line(exc)))
+            return Prepared(source.path, error=InputError(type(exc).__name__, one_line(exc)))
 
     def _decode_options(self) -> dict[str, int]:
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
@@ -140,8 +140,3 @@ def _empty_cache() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__

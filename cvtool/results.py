@@ -65,3 +65,8 @@ class InputFailure(Exception):
     def __init__(self, type: str, message: str) -> None:
         super().__init__(message)
         self.error = InputError(type=type, message=message)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message folded onto one line, for error records and messages."""
+    return " ".join(str(error).split())[:limit] or type(error).__name__

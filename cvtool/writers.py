@@ -105,20 +105,27 @@ def make_writer(fmt: str, stream: IO[str], task: str, no_color: bool = False) ->
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
-    """Write to a temp file beside `path`, then rename over it: readers never see half a file."""
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temp path beside `path`, renamed over it once the block succeeds: readers never see
+    half a file, and a failure leaves the old file (or none) in place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
+    with atomic_path(path) as tmp, open(tmp, mode) as handle:
+        yield handle
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 from cvtool.registry import ModelSpec, resolve_reference
+from cvtool.results import one_line
 from cvtool.status import ResourceUnavailable, UsageError
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ def download_default_weights(spec: ModelSpec, offline: bool, progress: bool) -> 
         with contextlib.redirect_stdout(sys.stderr):
             return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as error:
-        reason = f"download failed ({type(error).__name__}: {_one_line(error)})"
+        reason = f"download failed ({type(error).__name__}: {one_line(error)})"
         raise ResourceUnavailable(_not_cached_message(spec, reason)) from None
 
 
@@ -95,7 +96,7 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (SafetensorError, pickle.UnpicklingError, OSError, RuntimeError, ValueError,
             EOFError) as error:
-        raise UsageError(f"cannot read weights file {path}: {_one_line(error)}") from None
+        raise UsageError(f"cannot read weights file {path}: {one_line(error)}") from None
 
 
 def file_sha256(path: Path) -> str:
@@ -116,7 +117,3 @@ def _not_cached_message(spec: ModelSpec, reason: str) -> str:
     return (f"default weights for {spec.name} are not cached and {reason}; "
             f"run `cvtool models pull {spec.name}` with network access, "
             f"or pass a state dict file with `--weights PATH`")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300]
