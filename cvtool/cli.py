@@ -14,13 +14,13 @@ from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
+from cvtool.bench.cli import benchmark_device
 from cvtool.context import Environment
 from cvtool.status import CvtoolError, ExitStatus
 
 app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
                   rich_markup_mode=None, pretty_exceptions_enable=False,
-                  help="Computer vision from the command line: classify, detect, segment, "
-                       "train, generate, benchmark.")
+                  help="Computer vision from the command line, on PyTorch.")
 
 # Options shared by the inference commands, declared once.
 Sources = Annotated[Optional[list[str]], typer.Argument(
@@ -55,15 +55,19 @@ Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 _session: list[Environment] = []  # the Environment of the run in progress, set by run_cli
 
 
-@app.callback()
-def _root(ctx: typer.Context,
-          version: Annotated[bool, typer.Option("--version", help="Print the version.")] = False,
-          ) -> None:
-    if version:
+def _print_version(value: bool) -> None:
+    if value:
         from cvtool import __version__
 
         print(f"cvtool {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="Print the version.", is_eager=True, callback=_print_version)] = False,
+          ) -> None:
+    """Computer vision from the command line."""
 
 
 @app.command()
@@ -125,6 +129,9 @@ def _finish(body: Callable[..., int], *args: Any, **kwargs: Any) -> NoReturn:
         # Click would turn EPIPE into a bare `exit 1`; keep the decision here.
         raise _StdoutClosed() from exc
     raise typer.Exit(status)
+
+
+app.command("benchmark-device")(benchmark_device)
 
 
 def _configure(quiet: bool, debug: bool) -> Environment:

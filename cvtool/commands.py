@@ -46,6 +46,8 @@ def classify(env: Environment, sources: list[str], models: list[str], weights: l
     threads = devices.set_threads(threads)
     devices.seed_everything(seed)
     target = devices.resolve_device(device)
+    if warning := devices.precision_warning(target, precision):
+        env.warn(warning)
     options = task.ClassifyOptions(models=models, weights=weights, topk=topk, tta=tta,
                                    precision=precision, batch_size=batch_size, workers=workers,
                                    fail_fast=fail_fast, max_pixels=max_pixels)

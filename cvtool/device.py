@@ -69,6 +69,21 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """Why the asked-for precision will be slow here, if it will: CPUs without native
+    bfloat16/float16 instructions (AVX512-BF16, AMX, AVX512-FP16) emulate them."""
+    import torch
+
+    if device.type != "cpu" or precision == "fp32":
+        return None
+    supported = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if precision == "bf16"
+                 else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    if supported:
+        return None
+    return (f"this CPU has no native {precision} instructions; --precision {precision} is "
+            "emulated and runs slower than fp32 here")
+
+
 def seed_everything(seed: int) -> None:
     import numpy as np
     import torch

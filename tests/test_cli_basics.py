@@ -1,0 +1,104 @@
+"""The CLI shell: help without torch, version, the models command, preprocessing fidelity."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.clirun import ROOT, cvtool, cvtool_process
+
+COMMANDS = ["classify", "models", "benchmark-device"]
+
+
+def test_help_never_imports_torch():
+    script = ("import sys\nfrom cvtool.cli import run_cli\n"
+              f"for args in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
+              "    assert run_cli(args) == 0, args\n"
+              "heavy = [m for m in ('torch', 'torchvision', 'PIL.Image') if m in sys.modules]\n"
+              "assert not heavy, heavy\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    assert "classify" in done.stdout and "--model" in done.stdout
+
+
+def test_version_and_module_entry_point():
+    result = cvtool_process("--version")
+    assert result.code == 0 and result.stdout.startswith("cvtool ")
+
+
+def test_unknown_command_and_option_are_usage_errors():
+    assert cvtool("frobnicate").code == 2
+    bad = cvtool("classify", "x.jpg", "--no-such-option")
+    assert bad.code == 2 and "no-such-option" in bad.stderr.lower()
+
+
+def test_models_lists_every_torchvision_classifier(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    rows = cvtool("models", "classify", "--format", "jsonl").records()
+    expected = set(torchvision.models.list_models(module=torchvision.models))
+    assert {row["name"] for row in rows} == expected
+    resnet = next(row for row in rows if row["name"] == "resnet50")
+    assert resnet == {"name": "resnet50", "task": "classify", "source": "torchvision",
+                      "default_weights": "ResNet50_Weights.IMAGENET1K_V2", "cached": False}
+
+
+def test_models_shows_cached_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "resnet18-f37072fd.pth").write_bytes(b"x")
+    rows = cvtool("models", "--format", "jsonl").records()
+    cached = {row["name"] for row in rows if row["cached"]}
+    assert cached == {"resnet18"}
+
+
+def test_models_pull_offline_is_exit_3(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CVTOOL_OFFLINE", "1")
+    result = cvtool("models", "pull", "resnet18")
+    assert result.code == 3 and "cvtool models pull resnet18" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("args", [["pull"], ["nosuchtask"], ["pull", "resnet5O"]])
+def test_models_usage_errors(args):
+    result = cvtool("models", *args)
+    assert result.code == 2 and result.stderr.startswith("error:")
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "efficientnet_b3", "vit_b_16"])
+def test_classify_preprocessing_equals_weights_transforms(arch, photo_paths):
+    """The tensor the model sees is exactly what `weights.transforms()` makes of the photo."""
+    from torchvision.models import get_model_weights
+
+    from cvtool.decode import load_image
+    from cvtool.models import load_classifier
+    from cvtool.preprocess import classification_input
+
+    reference = get_model_weights(arch).DEFAULT.transforms()
+    loaded = load_classifier(arch, "none", warn=lambda message: None)
+    for path in photo_paths:
+        ours = classification_input(loaded.transforms, load_image(str(path)))
+        theirs = reference(Image.open(path).convert("RGB"))
+        assert ours.shape == theirs.shape and torch.equal(ours, theirs)
+
+
+def test_tta_views_share_the_model_transforms(photo_paths):
+    from torchvision.models import get_model_weights
+
+    from cvtool.decode import load_image
+    from cvtool.preprocess import classification_input
+
+    transforms = get_model_weights("resnet50").DEFAULT.transforms()
+    image = load_image(str(photo_paths[0]))
+    views = classification_input(transforms, image, tta=True)
+    assert views.shape == (10, 3, 224, 224)
+    assert torch.allclose(views[4], transforms(image), atol=1e-6)  # the centre crop
+    assert torch.allclose(views[9], transforms(image).flip(-1), atol=1e-6)  # its mirror
