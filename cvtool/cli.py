@@ -9,13 +9,12 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from collections.abc import Callable
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Optional
 
 import typer
 
 from cvtool.bench.cli import benchmark_device
-from cvtool.context import Environment
+from cvtool.context import Environment, StdoutClosed, activated, current, finish
 from cvtool.status import CvtoolError, ExitStatus
 
 app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
@@ -35,7 +34,8 @@ Weights = Annotated[Optional[list[str]], typer.Option(
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
 Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
-Workers = Annotated[int, typer.Option(min=0, help="Decoding threads (0: decode in the main thread).")]
+Workers = Annotated[int, typer.Option(
+    min=0, help="Decoding threads (0: decode in the main thread).")]
 Format = Annotated[Optional[str], typer.Option(
     "--format", help="table | jsonl | csv  [default: table on a terminal, else jsonl]",
     show_default=False)]
@@ -52,7 +52,6 @@ Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch.", s
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
-_session: list[Environment] = []  # the Environment of the run in progress, set by run_cli
 
 
 def _print_version(value: bool) -> None:
@@ -76,7 +75,8 @@ def classify(
     model: Models = None,
     weights: Weights = None,
     topk: Annotated[int, typer.Option(help="How many classes per image.")] = 5,
-    tta: Annotated[bool, typer.Option(help="Average over ten crops (corners, centre, flips).")] = False,
+    tta: Annotated[bool, typer.Option(
+        help="Average over ten crops (corners, centre, flips).")] = False,
     device: Device = "auto",
     precision: Precision = "fp32",
     batch_size: BatchSize = 16,
@@ -94,8 +94,8 @@ def classify(
     """Classify images: top-k labels with softmax probabilities."""
     from cvtool.commands import classify as run
 
-    env = _configure(quiet, debug)
-    _finish(run, env, sources or [], model or ["resnet50"], weights or ["default"],
+    env = current(quiet, debug)
+    finish(run, env, sources or [], model or ["resnet50"], weights or ["default"],
             topk=topk, tta=tta, device=device, precision=precision,
             batch_size=batch_size, workers=workers, threads=threads,
             fmt=format, output=output, null=null, max_pixels=max_pixels,
@@ -105,39 +105,22 @@ def classify(
 @app.command()
 def models(
     args: Annotated[Optional[list[str]], typer.Argument(
-        help="[TASK] to list, or: pull NAME", show_default=False, metavar="[TASK | pull NAME]")] = None,
+        help="[TASK] to list, or: pull NAME", show_default=False,
+        metavar="[TASK | pull NAME]")] = None,
     format: Format = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """List the model registry (`cvtool models [TASK]`) or fetch weights (`cvtool models pull NAME`)."""
+    """List the registry (`cvtool models [TASK]`) or fetch weights (`cvtool models pull NAME`)."""
     from cvtool.commands import models as run
 
-    env = _configure(quiet, debug)
-    _finish(run, env, args or [], fmt=format)
-
-
-class _StdoutClosed(Exception):
-    """The reader of stdout went away (`| head -1`)."""
-
-
-def _finish(body: Callable[..., int], *args: Any, **kwargs: Any) -> NoReturn:
-    """Run a command body and exit with its status."""
-    try:
-        status = body(*args, **kwargs)
-    except BrokenPipeError as exc:
-        # Click would turn EPIPE into a bare `exit 1`; keep the decision here.
-        raise _StdoutClosed() from exc
-    raise typer.Exit(status)
+    env = current(quiet, debug)
+    finish(run, env, args or [], fmt=format)
 
 
 app.command("benchmark-device")(benchmark_device)
 
 
-def _configure(quiet: bool, debug: bool) -> Environment:
-    env = _session[-1]
-    env.quiet, env.debug = quiet, env.debug or debug
-    return env
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -150,9 +133,9 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
     argv = sys.argv[1:] if argv is None else argv
     env.debug = env.debug or "--debug" in argv
     command = typer.main.get_command(app)
-    _session.append(env)
     try:
-        result = command.main(argv, prog_name="cvtool", standalone_mode=False)
+        with activated(env):
+            result = command.main(argv, prog_name="cvtool", standalone_mode=False)
         return int(result or 0)
     except typer.Exit as done:
         return done.exit_code
@@ -162,7 +145,7 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
     except (typer.Abort, KeyboardInterrupt):
         _report(env, "interrupted")
         return ExitStatus.INTERRUPTED
-    except (_StdoutClosed, BrokenPipeError):
+    except (StdoutClosed, BrokenPipeError):
         _silence_stdout()
         return ExitStatus.BROKEN_PIPE
     except CvtoolError as exc:
@@ -174,8 +157,6 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
         _report(env, f"error: internal error: {type(exc).__name__}: {exc} "
                      "(run with --debug for the traceback)")
         return ExitStatus.INTERNAL
-    finally:
-        _session.pop()
 
 
 def _report(env: Environment, message: str) -> None:

@@ -59,7 +59,8 @@ def classify(env: Environment, sources: list[str], models: list[str], weights: l
                 "precision": precision, "threads": threads, "seed": seed,
                 "batch_size": batch_size, "topk": topk, "tta": tta}
     if output is not None:
-        write_run_json(output, run_info(task.TASK, [_model_info(m) for m in loaded], settings, tally))
+        models_info = [_model_info(m) for m in loaded]
+        write_run_json(output, run_info(task.TASK, models_info, settings, tally))
     _summarise(env, tally)
     return tally.status()
 

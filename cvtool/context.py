@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import IO
+from typing import IO, Any, NoReturn
 
 from rich.console import Console
 
@@ -51,6 +53,43 @@ class Environment:
 
     def warn(self, message: str) -> None:
         self.console.print(f"warning: {message}", markup=False, style="yellow")
+
+
+_active: list[Environment] = []  # the Environment of each run in progress, innermost last
+
+
+@contextmanager
+def activated(env: Environment) -> Iterator[Environment]:
+    """Make `env` the one commands see through `current()` for the duration of a run."""
+    _active.append(env)
+    try:
+        yield env
+    finally:
+        _active.pop()
+
+
+def current(quiet: bool = False, debug: bool = False) -> Environment:
+    """The running command's Environment (the process's own streams outside `run_cli`),
+    with the command's --quiet/--debug folded in."""
+    env = _active[-1] if _active else Environment()
+    env.quiet, env.debug = env.quiet or quiet, env.debug or debug
+    return env
+
+
+class StdoutClosed(Exception):
+    """The reader of stdout went away (`| head -1`)."""
+
+
+def finish(body: Callable[..., int], *args: Any, **kwargs: Any) -> NoReturn:
+    """Run a command's body and exit with the status it returns."""
+    import typer
+
+    try:
+        status = body(*args, **kwargs)
+    except BrokenPipeError as exc:
+        # Click would turn EPIPE into a bare `exit 1`; run_cli decides instead.
+        raise StdoutClosed() from exc
+    raise typer.Exit(int(status))
 
 
 def _isatty(stream: IO) -> bool:

@@ -55,7 +55,8 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     import torch
 
     if precision not in PRECISIONS:
-        raise UsageError(f"invalid --precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"invalid --precision {precision!r}; "
+                         f"expected one of {', '.join(PRECISIONS)}")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

@@ -114,6 +114,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -128,13 +129,25 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         os.fsync(handle.fileno())
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=2, ensure_ascii=False)
         handle.write("\n")
 
 
-def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str, no_color: bool = False) -> None:
+def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
+               no_color: bool = False) -> None:
     """Flat rows (listings, summaries) as a table, JSON lines or CSV."""
     columns = list(rows[0]) if rows else []
     if fmt == "jsonl":

@@ -23,7 +23,6 @@ ARCH = "mobilenet_v3_small"  # the smallest fast torchvision classifier: keeps t
 
 @pytest.fixture(scope="session")
 def weights_file(tmp_path_factory) -> Path:
-    from torchvision.models import get_model
 
     path = tmp_path_factory.mktemp("weights") / f"{ARCH}.pth"
     torch.save(_peaked_state_dict(seed=0), path)

@@ -1,0 +1,52 @@
+"""`--plot FILE.png`: speedup over the CPU and throughput per case, one bar per series."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+from cvtool.bench.runner import BenchResult
+from cvtool.writers import write_bytes
+
+
+def _series(results: list[BenchResult], metric: str) -> dict[str, dict[str, float]]:
+    """{"cuda float16": {case: value}} for the results that have `metric` and passed."""
+    series: dict[str, dict[str, float]] = {}
+    for r in results:
+        value = getattr(r, metric)
+        if r.ok and value is not None:
+            label = f"{r.device}{f':{r.threads}t' if r.threads else ''} {r.dtype}"
+            series.setdefault(label, {})[r.case] = value
+    return dict(sorted(series.items(), key=lambda item: item[0].split()[::-1]))  # by dtype
+
+
+def _bars(axes: Any, series: dict[str, dict[str, float]], cases: list[str], ylabel: str) -> None:
+    width = 0.8 / max(len(series), 1)
+    for i, (label, values) in enumerate(series.items()):
+        xs = [c + i * width for c, case in enumerate(cases) if case in values]
+        axes.bar(xs, [values[case] for case in cases if case in values], width, label=label)
+    axes.set_yscale("log")
+    axes.set_ylabel(ylabel)
+    axes.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))], cases, rotation=60,
+                    ha="right", fontsize=7)
+    axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    axes.grid(axis="y", which="both", alpha=0.3)
+
+
+def write_plot(results: list[BenchResult], path: Path, title: str) -> None:
+    # Figure without pyplot: no global backend state, no display needed.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cases = list(dict.fromkeys(r.case for r in results))
+    figure = Figure(figsize=(max(10.0, 0.45 * len(cases)), 10), layout="constrained")
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1)
+    speedups = {k: v for k, v in _series(results, "speedup").items() if not k.startswith("cpu")}
+    _bars(top, speedups or _series(results, "speedup"), cases, "speedup over CPU (x)")
+    _bars(bottom, _series(results, "tflops"), cases, "TFLOP/s")
+    figure.suptitle(title)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    write_bytes(path, buffer.getvalue())
