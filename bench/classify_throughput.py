@@ -50,8 +50,9 @@ def make_weights(arch: str, path: Path) -> None:
     torch.save(get_model(arch).state_dict(), path)
 
 
-def timed(command: list[str]) -> tuple[float, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def timed(command: list[str], threads: int | None) -> tuple[float, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     return time.perf_counter() - started, done.stdout, done.stderr
@@ -59,7 +60,7 @@ def timed(command: list[str]) -> tuple[float, str, str]:
 
 def run_plain(args, images: Path, weights: Path) -> tuple[float, float, list[int]]:
     wall, out, err = timed([sys.executable, str(ROOT / "bench" / "plain_classify.py"), args.arch,
-                            str(weights), str(images), str(args.batch_size)])
+                            str(weights), str(images), str(args.batch_size)], args.threads)
     top1 = [json.loads(line)["indices"][0] for line in out.splitlines()]
     return wall, float(err.strip().splitlines()[-1]), top1
 
@@ -68,17 +69,12 @@ def run_cvtool(args, images: Path, weights: Path, precision: str) -> tuple[float
     with tempfile.TemporaryDirectory() as out_dir:
         wall, out, _ = timed([sys.executable, "-m", "cvtool", "classify", str(images), "-q",
                               "-m", args.arch, "--weights", str(weights), "-b",
-                              str(args.batch_size), "--precision", precision,
-                              "--format", "jsonl", "-o", out_dir])
+                              str(args.batch_size), "--precision", precision, "--device", "cpu",
+                              *(["--threads", str(args.threads)] if args.threads else []),
+                              "--format", "jsonl", "-o", out_dir], args.threads)
         loop = json.loads((Path(out_dir) / "run.json").read_text())["counts"]["seconds"]
     top1 = [json.loads(line)["predictions"][0]["index"] for line in out.splitlines()]
     return wall, loop, top1
-
-
-def median_run(runner, repeats: int, *run_args) -> tuple[float, float, list[int]]:
-    runs = [runner(*run_args) for _ in range(repeats)]
-    return (statistics.median(r[0] for r in runs), statistics.median(r[1] for r in runs),
-            runs[0][2])
 
 
 def main() -> None:
@@ -89,6 +85,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--weights", type=Path, help="state dict file (default: seeded random)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads for both (default: torch's)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         images, weights = Path(tmp) / "images", args.weights or Path(tmp) / "weights.pth"
@@ -100,19 +97,27 @@ def main() -> None:
 
 
 def report(args, images: Path, weights: Path) -> None:
+    """Runs alternate (plain, cvtool fp32, cvtool bf16, plain, ...) so drift hits all alike."""
     n = args.images
-    plain_wall, plain_loop, plain_top1 = median_run(run_plain, args.repeats, args, images, weights)
-    print(f"{args.arch}, {n} images, batch {args.batch_size}, median of {args.repeats} processes, "
-          f"{os.cpu_count()} CPUs")
-    print(f"{'run':<16}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}{'ratio (loop)':>14}"
-          f"{'top-1 = plain':>15}")
-    print(f"{'plain torchvision':<16}{n / plain_wall:>16.2f}{n / plain_loop:>14.2f}"
-          f"{1:>8.2f}{1:>14.2f}{'':>15}")
+    runners = {"plain torchvision": lambda: run_plain(args, images, weights)}
     for precision in args.precisions.split(","):
-        wall, loop, top1 = median_run(run_cvtool, args.repeats, args, images, weights, precision)
-        agree = sum(a == b for a, b in zip(top1, plain_top1)) / n
-        print(f"{'cvtool ' + precision:<16}{n / wall:>16.2f}{n / loop:>14.2f}"
-              f"{plain_wall / wall:>8.2f}{plain_loop / loop:>14.2f}{agree:>15.1%}")
+        runners[f"cvtool {precision}"] = (
+            lambda p=precision: run_cvtool(args, images, weights, p))
+    runs: dict[str, list] = {name: [] for name in runners}
+    for _ in range(args.repeats):
+        for name, runner in runners.items():
+            runs[name].append(runner())
+    wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
+    base, base_top1 = "plain torchvision", runs["plain torchvision"][0][2]
+    print(f"{args.arch}, {n} images, batch {args.batch_size}, median of {args.repeats} "
+          f"alternating processes each, {os.cpu_count()} CPUs")
+    print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
+          f"{'ratio (loop)':>14}{'top-1 = plain':>15}")
+    for name, rs in runs.items():
+        agree = sum(a == b for a, b in zip(rs[0][2], base_top1)) / n
+        print(f"{name:<18}{n / wall[name]:>16.2f}{n / loop[name]:>14.2f}"
+              f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}{agree:>15.1%}")
 
 
 if __name__ == "__main__":

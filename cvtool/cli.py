@@ -13,6 +13,11 @@ from typing import Annotated, Optional
 
 import typer
 
+try:  # recent typer releases vendor click; older ones raise click's own exceptions
+    from typer import TyperException as ClickUsageProblem
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import ClickException as ClickUsageProblem
+
 from cvtool.bench.cli import benchmark_device
 from cvtool.context import Environment, StdoutClosed, activated, current, finish
 from cvtool.status import CvtoolError, ExitStatus
@@ -139,7 +144,7 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
         return int(result or 0)
     except typer.Exit as done:
         return done.exit_code
-    except typer.TyperException as exc:  # click's usage errors: bad option, missing value
+    except ClickUsageProblem as exc:  # click's usage errors: bad option, missing value
         exc.show(file=env.stderr)
         return ExitStatus.USAGE
     except (typer.Abort, KeyboardInterrupt):

@@ -12,9 +12,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import IO, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
-from rich.console import Console
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 @dataclass
@@ -44,6 +45,8 @@ class Environment:
     @cached_property
     def console(self) -> Console:
         """Rich console on stderr: logs, warnings and progress never touch stdout."""
+        from rich.console import Console
+
         return Console(file=self.stderr, no_color=self.no_color, highlight=False,
                        force_terminal=None, soft_wrap=True)
 

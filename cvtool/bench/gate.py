@@ -10,12 +10,14 @@ instead of passing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cvtool.bench.cases import DTYPES, OPS
 from cvtool.bench.devices import DEVICES
-from cvtool.bench.runner import BenchResult
 from cvtool.status import UsageError
+
+if TYPE_CHECKING:
+    from cvtool.bench.runner import BenchResult
 
 METRICS = ("speedup", "tflops", "pct_of_peak")
 FORMAT = "[OP:]DEVICE:DTYPE:METRIC=VALUE, e.g. cuda:float16:speedup=20"

@@ -11,6 +11,7 @@ import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +46,11 @@ class LoadedModel:
     categories: list[str]
     transforms: Callable  # torchvision ImageClassification
     weights_file: str | None  # where the parameters came from; None for random init
-    weights_sha256: str | None
+
+    @cached_property
+    def weights_sha256(self) -> str | None:
+        # Hashed on demand (run.json): reading a large file is not worth it on every start-up.
+        return None if self.weights_file is None else file_sha256(Path(self.weights_file))
 
 
 def load_classifier(model: str, weights: str = "default", offline: bool = False,
@@ -102,7 +107,7 @@ def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
     _load_exactly(module, state, f"checkpoint {tensors_path}", name)
     transforms = classification_transforms(meta.get("preprocessing", {}))
     return LoadedModel(name, _ready(module), [str(label) for label in meta["classes"]], transforms,
-                       str(tensors_path), file_sha256(tensors_path))
+                       str(tensors_path))
 
 
 def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
@@ -112,18 +117,25 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
         module = _build_torchvision(spec, default, {}, len(categories))
-        return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None, None)
+        return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None)
+    import torch
+
     path, state = _state_dict_for(spec, weights, offline)
-    module = _build_torchvision(spec, default, state, len(categories))
+    # Built on the meta device: no time spent on a random init the file overwrites anyway.
+    with torch.device("meta"):
+        module = _build_torchvision(spec, default, state, len(categories))
     num_classes = _fitting_num_classes(module, state, len(categories))
     if num_classes != len(categories):
         warn(f"{path} has {num_classes} classes, not the {len(categories)} of {default!r}: "
              f"labels are class_0..class_{num_classes - 1}")
-        module = _build_torchvision(spec, default, state, num_classes)
+        with torch.device("meta"):
+            module = _build_torchvision(spec, default, state, num_classes)
         categories = [f"class_{index}" for index in range(num_classes)]
     _load_exactly(module, state, f"weights file {path}", spec.name)
-    return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path),
-                       file_sha256(path))
+    if _has_meta_tensors(module):  # buffers outside the state dict still need real values
+        module = _build_torchvision(spec, default, state, num_classes)
+        _load_exactly(module, state, f"weights file {path}", spec.name)
+    return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path))
 
 
 def _state_dict_for(spec: ModelSpec, weights: str, offline: bool) -> tuple[Path, dict[str, Any]]:
@@ -196,9 +208,13 @@ def _load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name
     if problems:
         raise UsageError(f"{source} does not fit {name}: {', '.join(problems)}")
     try:
-        module.load_state_dict(state, strict=True)
+        module.load_state_dict(state, strict=True, assign=_has_meta_tensors(module))
     except (RuntimeError, ValueError) as error:
         raise UsageError(f"{source} does not fit {name}: {' '.join(str(error).split())}") from None
+
+
+def _has_meta_tensors(module: nn.Module) -> bool:
+    return any(tensor.is_meta for tensor in (*module.parameters(), *module.buffers()))
 
 
 def _ready(module: nn.Module) -> nn.Module:
