@@ -12,7 +12,7 @@ from __future__ import annotations
 import glob
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -67,14 +67,27 @@ def read_stdin_entries(stream: IO[bytes], null: bool = False) -> Iterator[str]:
 
 
 def _split_stream(stream: IO[bytes], separator: bytes) -> Iterator[bytes]:
-    # read1 returns whatever the pipe holds now; read(n) would block until n bytes arrive.
-    read = getattr(stream, "read1", stream.read)
+    read = _chunk_reader(stream)
     pending = b""
     while chunk := read(_STDIN_CHUNK):
         *complete, pending = (pending + chunk).split(separator)
         yield from complete
     if pending:
         yield pending
+
+
+def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
+    """A read that returns whatever the pipe holds now (read(n) would wait for n bytes).
+
+    A real file descriptor is read with os.read: a thread blocked there holds no lock of the
+    buffered stream, so the interpreter can still shut down cleanly (Ctrl-C, --fail-fast)
+    while `find` keeps the pipe open.
+    """
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return getattr(stream, "read1", stream.read)
+    return lambda size: os.read(fd, size)
 
 
 def expand_spec(spec: str) -> Iterator[Source]:
