@@ -20,6 +20,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from cvtool.bench.cli import benchmark_device
 from cvtool.context import Environment, StdoutClosed, activated, current, finish
+from cvtool.data_cli import data_app
 from cvtool.status import CvtoolError, ExitStatus
 
 app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
@@ -124,6 +125,7 @@ def models(
 
 
 app.command("benchmark-device")(benchmark_device)
+app.add_typer(data_app, name="data")
 
 
 

@@ -1,0 +1,1 @@
+"""`cvtool train`: the data layer, the classical learners (k-NN) and the neural training loop."""
