@@ -3,9 +3,9 @@
     python sample_images/make_sample_images.py
 
 photos/: colour photographs, longer side at most 640 px, JPEG quality 90.
-digits/: two examples per class from the last 20% of scikit-learn's 8x8 digits (the part a
-cvtool-trained digits model holds out), upscaled to 32x32 with nearest neighbour, grayscale PNG,
-named digit_<label>_<dataset index>.png. Origins and licences: SOURCES.md.
+digits/: two examples per class from the validation part of cvtool's digits split (seed 0, the
+part `cvtool train classify --data digits` holds out), upscaled to 32x32 with nearest neighbour,
+grayscale PNG, named digit_<label>_<dataset index>.png. Origins and licences: SOURCES.md.
 """
 
 from __future__ import annotations
@@ -62,19 +62,20 @@ def write_photos(out_dir: Path) -> list[Path]:
 
 
 def held_out_examples(labels: np.ndarray) -> list[int]:
-    """The first DIGITS_PER_CLASS indices of each class within the last 20% of the dataset."""
-    start = int(len(labels) * (1 - HELD_OUT_FRACTION))
-    chosen = []
-    for label in range(10):
-        indices = np.flatnonzero(labels[start:] == label)[:DIGITS_PER_CLASS] + start
-        chosen.extend(int(index) for index in indices)
-    return chosen
+    """The first DIGITS_PER_CLASS indices of each class in the validation part of the split."""
+    from cvtool.train.data import stratified_split
+
+    _, val = stratified_split([int(label) for label in labels], HELD_OUT_FRACTION, seed=0)
+    return [index for label in range(10)
+            for index in [i for i in val if labels[i] == label][:DIGITS_PER_CLASS]]
 
 
 def digit_image(pixels: np.ndarray) -> Image.Image:
-    """8x8 counts 0..16 (ink is high) -> 32x32 8-bit grayscale, blocks kept sharp."""
-    gray = np.rint(pixels.reshape(8, 8) * (255 / 16)).astype(np.uint8)
-    return Image.fromarray(gray, "L").resize((DIGIT_SIZE, DIGIT_SIZE), Image.Resampling.NEAREST)
+    """8x8 counts 0..16, scaled as training scales them, enlarged to 32x32 with blocks kept sharp."""
+    from cvtool.train.data import digit_image as training_digit
+
+    return training_digit(pixels).convert("L").resize((DIGIT_SIZE, DIGIT_SIZE),
+                                                      Image.Resampling.NEAREST)
 
 
 def write_digits(out_dir: Path) -> list[Path]:
