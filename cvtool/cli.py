@@ -22,6 +22,7 @@ from cvtool.bench.cli import benchmark_device
 from cvtool.context import Environment, StdoutClosed, activated, current, finish
 from cvtool.data_cli import data_app
 from cvtool.status import CvtoolError, ExitStatus
+from cvtool.train.cli import train_app
 
 app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
                   rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -125,6 +126,7 @@ def models(
 
 
 app.command("benchmark-device")(benchmark_device)
+app.add_typer(train_app, name="train")
 app.add_typer(data_app, name="data")
 
 

@@ -125,7 +125,10 @@ _TORCHVISION_CLASSIFIERS: dict[str, str] = {
 
 # Checkpoints produced by `cvtool train` and committed under cvtool/house/ join here, e.g.
 # ModelSpec("digits-cnn", "classify", "house", "<builder>", None, "house/digits-cnn.safetensors").
-_HOUSE_MODELS: tuple[ModelSpec, ...] = ()
+_HOUSE_MODELS: tuple[ModelSpec, ...] = (
+    ModelSpec("digits-cnn", "classify", "house", "cvtool.models.small:cnn", None,
+              "house/digits-cnn.safetensors"),
+)
 
 
 def _torchvision_specs(task: str, module: str, table: dict[str, str]) -> list[ModelSpec]:

@@ -77,7 +77,7 @@ def run_info(command: str, models: list[dict[str, Any]], settings: dict[str, Any
              tally: Tally) -> dict[str, Any]:
     """What `run.json` records: enough to reproduce and audit the run."""
     return {"cvtool_version": __version__, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
-            "task": command, "versions": _versions(), "models": models, **settings,
+            "task": command, "versions": versions(), "models": models, **settings,
             "counts": tally.to_dict()}
 
 
@@ -85,7 +85,7 @@ def write_run_json(output: Path, info: dict[str, Any]) -> None:
     write_json(Path(output) / "run.json", info)
 
 
-def _versions() -> dict[str, str]:
+def versions() -> dict[str, str]:
     import PIL
     import torch
     import torchvision

@@ -105,8 +105,11 @@ def load_classification_data(data: str, *, val_split: float = 0.2, seed: int = 0
     size = image_size or max(train[0].image.size)
     # Digits are not photos: ImageNet's statistics would leave them far from zero mean, unit std.
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if data != DIGITS else channel_statistics(train)
+    # Digits at their own 8x8 are unchanged by either resize; nearest also maps an enlarged copy
+    # (sample_images/digits: 32x32 blocks) back to its exact pixels, where bilinear blurs them.
+    interpolation = "nearest" if data == DIGITS else INTERPOLATION
     preprocessing = {"resize_size": size, "crop_size": size, "mean": mean, "std": std,
-                     "interpolation": INTERPOLATION}
+                     "interpolation": interpolation}
     evaluate = classification_transforms(preprocessing)
     augment = augment and data != DIGITS  # flipped or cropped digits are other digits
     train_set = (AugmentedImages(train, augmentation(preprocessing)) if augment

@@ -1,0 +1,81 @@
+"""The module a run trains, and the `architecture` meta that rebuilds it from a checkpoint."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+# Imported only once a training command runs, never by the CLI's start-up.
+from torch import nn  # noqa: TID253
+
+from cvtool.models.small import initialise
+from cvtool.registry import get_spec, resolve_reference
+from cvtool.status import UsageError
+from cvtool.train.config import SMALL_MODELS, ClassifyConfig
+
+# torchvision nets whose training forward returns auxiliary outputs unless told not to.
+_AUX_LOGITS = ("googlenet", "inception_v3")
+
+
+def build_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
+                     num_classes: int, offline: bool,
+                     warn: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+    """A freshly initialised (or pretrained, for --weights) module and its architecture meta."""
+    if config.model in SMALL_MODELS:
+        architecture = {"builder": f"cvtool.models.small:{config.model}",
+                        "kwargs": small_kwargs(config, input_shape, num_classes)}
+        module = resolve_reference(architecture["builder"])(**architecture["kwargs"])
+        initialise(module, config.resolved_init, config.activation)
+        return module, architecture
+    return _torchvision_classifier(config, num_classes, offline, warn)
+
+
+def small_kwargs(config: ClassifyConfig, input_shape: tuple[int, int, int],
+                 num_classes: int) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"input_shape": list(input_shape), "num_classes": num_classes}
+    if config.model == "linear":
+        return kwargs
+    layers = {"mlp": ("hidden", [config.width] * config.depth),
+              "cnn": ("channels", [config.width * 2 ** i for i in range(config.depth)])}
+    name, widths = layers[config.model]
+    return {**kwargs, name: widths, "activation": config.activation,
+            "batch_norm": config.batch_norm, "dropout": config.dropout}
+
+
+def _torchvision_classifier(config: ClassifyConfig, num_classes: int, offline: bool,
+                            warn: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+    spec = get_spec(config.model)  # unknown names: usage error with close matches
+    if spec.task != "classify" or spec.source != "torchvision":
+        raise UsageError(f"--model {config.model}: expected knn, linear, mlp, cnn or a "
+                         f"torchvision classifier (`cvtool models classify`)")
+    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    if config.model in _AUX_LOGITS:
+        kwargs["aux_logits"] = False
+    module = resolve_reference(spec.builder)(**kwargs)
+    if config.weights != "none":
+        _load_pretrained(module, spec, config.weights, offline, warn)
+    return module, {"builder": spec.builder, "kwargs": kwargs}
+
+
+def _load_pretrained(module: nn.Module, spec: Any, weights: str, offline: bool,
+                     warn: Callable[[str], None]) -> None:
+    """Fine-tuning: every pretrained tensor that fits; the class head stays freshly initialised."""
+    from cvtool.models.weights import download_default_weights, local_weights_path, read_state_dict
+
+    if weights == "default":
+        path = local_weights_path(spec)
+        state = (read_state_dict(path) if path.is_file()
+                 else download_default_weights(spec, offline, progress=False))
+    else:
+        state = read_state_dict(Path(weights))
+    expected = module.state_dict()
+    fitting = {key: value for key, value in state.items()
+               if key in expected and expected[key].shape == value.shape}
+    if not fitting:
+        raise UsageError(f"--weights {weights}: no tensor fits {spec.name}")
+    fresh = sorted(set(expected) - set(fitting))
+    module.load_state_dict(fitting, strict=False)
+    if fresh:
+        warn(f"{len(fresh)} tensors of {spec.name} start untrained ({', '.join(fresh[:3])}"
+             f"{', ...' if len(fresh) > 3 else ''}): the class head is new")

@@ -1,0 +1,102 @@
+"""`cvtool train TASK`: the Typer commands. torch is imported only once a command runs.
+
+Exit codes: 0 trained; 2 usage error (bad option value, unknown architecture, unusable data,
+an existing non-empty run directory without --resume or --force); 3 device absent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from cvtool.context import current, finish
+from cvtool.status import UsageError
+
+train_app = typer.Typer(name="train", no_args_is_help=True, rich_markup_mode=None,
+                        help="Train a model; outputs per task in RUN_DIR.")
+
+Data = Annotated[Optional[str], typer.Option(
+    help="digits, or DIR with train/<class>/ (and val/<class>/) images.", show_default=False)]
+Model = Annotated[str, typer.Option(
+    "--model", "-m", help="knn | linear | mlp | cnn | a torchvision classifier name.")]
+Output = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="The run directory (new or empty, unless --force).",
+    show_default=False)]
+Resume = Annotated[Optional[Path], typer.Option(
+    help="Continue the run in RUN_DIR with its own config.json.", show_default=False)]
+Force = Annotated[bool, typer.Option(help="Train into a non-empty --output directory.")]
+Loss = Annotated[str, typer.Option(help="ce (softmax) | svm (multiclass hinge).")]
+Depth = Annotated[int, typer.Option(help="mlp: hidden layers; cnn: conv layers.")]
+Width = Annotated[int, typer.Option(
+    help="mlp: units per hidden layer; cnn: channels of the first conv, doubled per layer.")]
+Activation = Annotated[str, typer.Option(help="sigmoid | tanh | relu | leaky_relu | elu")]
+Init = Annotated[str, typer.Option(
+    help="auto | small | large | xavier | kaiming (auto: small for linear, else kaiming).")]
+BatchNorm = Annotated[bool, typer.Option(
+    "--batch-norm", help="Batch norm after each conv/hidden layer (folded for inference).")]
+Dropout = Annotated[float, typer.Option(help="Dropout probability P.")]
+Weights = Annotated[str, typer.Option(
+    help="torchvision models: none (from scratch) | default (fine-tune) | PATH.")]
+Optimizer = Annotated[str, typer.Option(help="sgd | momentum | adagrad | rmsprop | adam")]
+Lr = Annotated[Optional[float], typer.Option(
+    help="Learning rate [default: sgd 0.05, momentum/adagrad 0.01, rmsprop/adam 0.001].",
+    show_default=False)]
+Reg = Annotated[str, typer.Option(help="none | l1 | l2 (on conv and linear weights).")]
+RegStrength = Annotated[float, typer.Option(help="lambda of --reg.")]
+Schedule = Annotated[str, typer.Option(help="constant | step | cosine (per epoch).")]
+Epochs = Annotated[int, typer.Option(min=1)]
+BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+Augment = Annotated[bool, typer.Option(
+    help="Random resized crops and flips (image folders; not digits).")]
+ValSplit = Annotated[float, typer.Option(help="Val fraction when the data has no val folder.")]
+ImageSize = Annotated[Optional[int], typer.Option(
+    help="Side the images are resized to [default: the first image's].", show_default=False)]
+Seed = Annotated[int, typer.Option(help="Seed of the split, init, shuffling and dropout.")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
+Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast).")]
+Compile = Annotated[bool, typer.Option(help="torch.compile the training forward.")]
+Sanity = Annotated[bool, typer.Option(help="Also overfit a tiny subset before training.")]
+K = Annotated[str, typer.Option("--k", help="knn: k, or auto (cross-validated).")]
+Distance = Annotated[str, typer.Option(help="knn: l1 | l2 | auto (cross-validated).")]
+Folds = Annotated[int, typer.Option(help="knn: cross-validation folds.")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch.", show_default=False)]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
+
+
+@train_app.command("classify")
+def classify(
+    data: Data = None, model: Model = "cnn", output: Output = None, resume: Resume = None,
+    force: Force = False, loss: Loss = "ce", depth: Depth = 2, width: Width = 32,
+    activation: Activation = "relu", init: Init = "auto", batch_norm: BatchNorm = False,
+    dropout: Dropout = 0.0, weights: Weights = "none", optimizer: Optimizer = "adam",
+    lr: Lr = None, reg: Reg = "none", reg_strength: RegStrength = 0.0,
+    schedule: Schedule = "constant", epochs: Epochs = 10, batch_size: BatchSize = 64,
+    augment: Augment = False, val_split: ValSplit = 0.2, image_size: ImageSize = None,
+    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
+    compile: Compile = False, sanity: Sanity = False, k: K = "auto",
+    distance: Distance = "auto", folds: Folds = 5, threads: Threads = None,
+    quiet: Quiet = False, debug: Debug = False,
+) -> None:
+    """Train an image classifier: k-NN, linear SVM/softmax, MLP, CNN or a torchvision net."""
+    from cvtool.train.config import ClassifyConfig
+
+    env = current(quiet, debug)
+    if resume is not None:
+        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
+    elif data is None or output is None:
+        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
+    else:
+        run_dir = output
+        config = ClassifyConfig(
+            data=data, model=model, loss=loss, depth=depth, width=width, activation=activation,
+            init=init, batch_norm=batch_norm, dropout=dropout, weights=weights,
+            optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
+            epochs=epochs, batch_size=batch_size, augment=augment, val_split=val_split,
+            image_size=image_size, seed=seed, precision=precision, compile=compile,
+            sanity=sanity, k=k, distance=distance, folds=folds)
+    from cvtool.train.run import train_classify
+
+    finish(train_classify, env, config, run_dir, resume is not None, force, device, threads)

@@ -1,0 +1,94 @@
+"""A classification run's settings: validated once, stored as config.json, reread by --resume.
+
+No torch here: the CLI validates options before anything heavy is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from cvtool.device import PRECISIONS
+from cvtool.status import UsageError
+
+SMALL_MODELS = ("linear", "mlp", "cnn")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "loss": ("ce", "svm"),
+    "activation": ("sigmoid", "tanh", "relu", "leaky_relu", "elu"),
+    "init": ("auto", "small", "large", "xavier", "kaiming"),
+    "optimizer": ("sgd", "momentum", "adagrad", "rmsprop", "adam"),
+    "reg": ("none", "l1", "l2"),
+    "schedule": ("constant", "step", "cosine"),
+    "precision": PRECISIONS,
+}
+# Used when --lr is not given; the lr that suits each optimiser on small images.
+DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "adagrad": 0.01, "rmsprop": 0.001, "adam": 0.001}
+
+
+@dataclass
+class ClassifyConfig:
+    data: str
+    model: str = "cnn"  # knn | linear | mlp | cnn | a torchvision classifier name
+    loss: str = "ce"
+    depth: int = 2  # mlp: hidden layers; cnn: conv layers
+    width: int = 32  # mlp: hidden units; cnn: channels of the first conv (doubled per layer)
+    activation: str = "relu"
+    init: str = "auto"  # small for linear, kaiming for mlp/cnn, torchvision's own otherwise
+    batch_norm: bool = False
+    dropout: float = 0.0
+    weights: str = "none"  # torchvision architectures: none | default | PATH
+    optimizer: str = "adam"
+    lr: float | None = None
+    reg: str = "none"
+    reg_strength: float = 0.0
+    schedule: str = "constant"
+    epochs: int = 10
+    batch_size: int = 64
+    augment: bool = False
+    val_split: float = 0.2
+    image_size: int | None = None
+    seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+    sanity: bool = False
+    k: str = "auto"  # knn
+    distance: str = "auto"  # knn
+    folds: int = 5  # knn
+
+    def __post_init__(self) -> None:
+        for name, valid in CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise UsageError(f"invalid --{name.replace('_', '-')} {getattr(self, name)!r}; "
+                                 f"choose from {', '.join(valid)}")
+        _require(self.epochs >= 1 and self.batch_size >= 1 and self.depth >= 0
+                 and self.width >= 1, "--epochs, --batch-size and --width must be at least 1")
+        _require(0 <= self.dropout < 1, f"--dropout {self.dropout}: expected 0 <= P < 1")
+        _require(0 < self.val_split < 1, f"--val-split {self.val_split}: expected 0 < S < 1")
+        _require(self.reg_strength >= 0, "--reg-strength must not be negative")
+        _require(self.lr is None or self.lr > 0, "--lr must be positive")
+        _require(self.model in (*SMALL_MODELS, "knn") or self.init == "auto",
+                 "--init applies to linear, mlp and cnn; torchvision models keep their own")
+
+    @property
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+    @property
+    def resolved_init(self) -> str:
+        if self.init != "auto":
+            return self.init
+        # Small weights make the initial loss land on log C / C - 1 for the linear classifier.
+        return "small" if self.model == "linear" else "kaiming"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> ClassifyConfig:
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise UsageError(message)

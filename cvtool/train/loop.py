@@ -1,0 +1,138 @@
+"""The one training loop every neural classifier shares: linear, MLP, CNN and torchvision nets.
+
+Epoch N shuffles with a generator seeded by (seed, N) and the global RNG (dropout,
+augmentation) is part of the saved state, so a resumed run retraces an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+# Imported only once a training command runs, never by the CLI's start-up.
+import torch  # noqa: TID253
+from torch import nn  # noqa: TID253
+from torch.utils.data import DataLoader, Dataset  # noqa: TID253
+
+from cvtool.device import autocast
+from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty
+from cvtool.train.state import TrainingState
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    loss: str = "ce"
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    reg: str = "none"
+    reg_strength: float = 0.0
+    schedule: str = "constant"
+    epochs: int = 10
+    batch_size: int = 64
+    seed: int = 0
+    precision: str = "fp32"
+    compile: bool = False
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: list[int]
+    labels: list[int]
+
+
+EpochDone = Callable[[TrainingState, bool], None]
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, settings: LoopSettings, device: torch.device) -> None:
+        self.model = model.to(device)
+        self.settings, self.device = settings, device
+        self.loss = data_loss(settings.loss)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(settings.optimizer, trainable, settings.lr)
+        # Only the training forward is compiled; evaluation runs the module as it is.
+        self.forward = torch.compile(model) if settings.compile else model
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=device.type == "cuda" and settings.precision == "fp16")
+
+    def objective(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Data loss plus lambda R(W): what the optimiser minimises."""
+        settings = self.settings
+        return self.loss(scores.float(), labels) + penalty(self.model, settings.reg,
+                                                           settings.reg_strength)
+
+    def fit(self, train: Dataset, val: Dataset, state: TrainingState, epoch_done: EpochDone,
+            batch_done: Callable[[], None] = lambda: None) -> TrainingState:
+        """Train from `state.epoch` to the last epoch; `epoch_done` persists each one."""
+        for epoch in range(state.epoch + 1, self.settings.epochs + 1):
+            started = time.perf_counter()
+            lr = self._set_lr(epoch - 1)
+            train_loss, train_accuracy = self._train_epoch(self._loader(train, epoch), batch_done)
+            evaluation = self.evaluate(self.model, val)
+            improved = evaluation.accuracy > state.best_val_accuracy
+            if improved:
+                state.best_epoch, state.best_val_accuracy = epoch, evaluation.accuracy
+            state.epoch = epoch
+            state.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
+                                  "train_accuracy": train_accuracy, "val_loss": evaluation.loss,
+                                  "val_accuracy": evaluation.accuracy,
+                                  "seconds": round(time.perf_counter() - started, 3)})
+            epoch_done(state, improved)
+        return state
+
+    def _set_lr(self, epoch: int) -> float:
+        settings = self.settings
+        lr = settings.lr * lr_factor(settings.schedule, epoch, settings.epochs)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
+        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=True,
+                          generator=generator)
+
+    def _train_epoch(self, loader: DataLoader,
+                     batch_done: Callable[[], None]) -> tuple[float, float]:
+        self.model.train()
+        total_loss, correct, seen = 0.0, 0, 0
+        for images, labels in loader:
+            images, labels = images.to(self.device), labels.to(self.device)
+            with autocast(self.device, self.settings.precision):
+                scores = self.forward(images)
+            loss = self.objective(scores, labels)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            total_loss += loss.item() * len(labels)
+            correct += int((scores.argmax(1) == labels).sum())
+            seen += len(labels)
+            batch_done()
+        return total_loss / seen, correct / seen
+
+    @torch.no_grad()
+    def evaluate(self, module: nn.Module, dataset: Dataset) -> Evaluation:
+        """Mean data loss, accuracy and the predicted class of every example, in order."""
+        module.eval()
+        total_loss, predictions, labels = 0.0, [], []
+        batch_size = max(256, self.settings.batch_size)
+        for images, batch_labels in DataLoader(dataset, batch_size=batch_size):
+            images, batch_labels = images.to(self.device), batch_labels.to(self.device)
+            with autocast(self.device, self.settings.precision):
+                scores = module(images)
+            total_loss += float(self.loss(scores.float(), batch_labels)) * len(batch_labels)
+            predictions += scores.argmax(1).tolist()
+            labels += batch_labels.tolist()
+        correct = sum(p == t for p, t in zip(predictions, labels))
+        return Evaluation(total_loss / max(1, len(labels)), correct / max(1, len(labels)),
+                          predictions, labels)
+
+
+def loop_settings(config: dict[str, Any]) -> LoopSettings:
+    """The loop's part of a run's config.json."""
+    return LoopSettings(**{key: config[key] for key in LoopSettings.__dataclass_fields__})

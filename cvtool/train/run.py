@@ -1,0 +1,183 @@
+"""`cvtool train classify`: data, model, sanity checks, the loop, and the run directory's files.
+
+Run directory: config.json; best.* (batch norm folded, what `cvtool classify` loads) and last.*
+(as trained) cvtool checkpoints; state/ (resume); metrics.jsonl; metrics.json; curves.png;
+confusion_matrix.png. The summary (metrics.json) also goes to stdout as one JSON line.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# Imported only once a training command runs, never by the CLI's start-up.
+import torch  # noqa: TID253
+
+from cvtool.checkpoint import build_architecture, load_checkpoint, save_checkpoint
+from cvtool.context import Environment
+from cvtool.device import precision_warning, resolve_device, seed_everything, set_threads
+from cvtool.models.small import fold_batch_norm
+from cvtool.runner import versions
+from cvtool.status import ExitStatus
+from cvtool.train import sanity
+from cvtool.train.architectures import build_classifier
+from cvtool.train.config import ClassifyConfig
+from cvtool.train.data import ClassificationData, load_classification_data
+from cvtool.train.loop import Evaluation, Trainer, loop_settings
+from cvtool.train.progress import EpochProgress
+from cvtool.train.report import confusion_matrix, write_confusion, write_curves
+from cvtool.train.state import (
+    CONFIG,
+    TrainingState,
+    load_state,
+    prepare_run_dir,
+    save_state,
+    write_metrics_lines,
+)
+from cvtool.writers import write_json
+
+SANITY_EXAMPLES = 128
+
+
+def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Path,
+                   resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
+    """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
+    target = resolve_device(device)
+    set_threads(threads)
+    prepare_run_dir(run_dir, resume, force)
+    if resume:
+        config = ClassifyConfig.from_dict(json.loads((run_dir / CONFIG).read_text())["config"])
+    assert config is not None  # the CLI passes one for every new run
+    if warning := precision_warning(target, config.precision):
+        env.warn(warning)
+    data = load_classification_data(config.data, val_split=config.val_split, seed=config.seed,
+                                    image_size=config.image_size, augment=config.augment)
+    if config.model == "knn":
+        from cvtool.train.knn_run import train_knn
+
+        summary = train_knn(env, config, data, run_dir, _meta(config, data, {}))
+    else:
+        summary = _train_network(env, config, data, run_dir, target, resume)
+    env.stdout.write(json.dumps(summary) + "\n")
+    env.stdout.flush()
+    return ExitStatus.SUCCESS
+
+
+def _train_network(env: Environment, config: ClassifyConfig, data: ClassificationData,
+                   run_dir: Path, device: torch.device, resume: bool) -> dict[str, Any]:
+    seed_everything(config.seed)
+    module, architecture = build_classifier(config, data.input_shape, len(data.classes),
+                                            env.offline, env.warn)
+    meta = _meta(config, data, architecture)
+    trainer = Trainer(module, loop_settings({**config.to_dict(), "lr": config.resolved_lr}),
+                      device)
+    state = load_state(run_dir, trainer.model, trainer.optimizer) if resume else TrainingState()
+    if state.epoch:
+        env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
+    else:  # a new run, or one killed before its first epoch was committed
+        write_json(run_dir / CONFIG, {**meta["training"], "architecture": architecture,
+                                      "command": sys.argv, "versions": versions()})
+        state.extra["sanity"] = _sanity_report(env, trainer, config, data)
+        write_metrics_lines(run_dir, [])
+
+    def epoch_done(state: TrainingState, improved: bool) -> None:
+        _save_epoch(run_dir, trainer, state, meta, improved)
+        row = state.history[-1]
+        env.log(f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}, "
+                f"val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}")
+
+    with EpochProgress(env, config.epochs, state.epoch, len(data.train), config.batch_size) as bar:
+        state = trainer.fit(data.train, data.val, state, epoch_done, bar.advance)
+    return _finish(run_dir, trainer, state, data)
+
+
+def _meta(config: ClassifyConfig, data: ClassificationData,
+          architecture: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint meta every checkpoint of the run shares."""
+    return {"task": "classify", "architecture": architecture, "classes": data.classes,
+            "preprocessing": data.preprocessing,
+            "training": {"config": config.to_dict(), "data": data.description}}
+
+
+def _sanity_report(env: Environment, trainer: Trainer, config: ClassifyConfig,
+                   data: ClassificationData) -> dict[str, Any]:
+    """The notes' checks on the untrained model; what looks wrong is also a warning."""
+    batch = sanity.first_examples(data.train, SANITY_EXAMPLES)
+    model, settings = trainer.model, trainer.settings
+    report = sanity.initial_loss(model, batch, settings, len(data.classes))
+    report["gradient_check"] = sanity.gradient_check(model, batch, settings, config.seed)
+    report["layer_statistics"] = sanity.layer_statistics(model, batch, settings)
+    if config.sanity:
+        report["overfit"] = sanity.overfit_tiny_subset(model, batch, settings)
+    for warning in _sanity_warnings(report):
+        env.warn(warning)
+    env.log(f"initial loss {report['initial_loss']:.4f} "
+            f"(expected {report['expected_initial_loss']:.4f} for {config.loss})")
+    return report
+
+
+def _sanity_warnings(report: dict[str, Any]) -> list[str]:
+    warnings = []
+    if not report["initial_loss_agrees"]:
+        warnings.append(f"initial loss {report['initial_loss']:.4f} is far from the expected "
+                        f"{report['expected_initial_loss']:.4f}: check the initialisation")
+    if not report["gradient_check"]["passed"]:
+        warnings.append("numeric gradient check failed: max relative error "
+                        f"{report['gradient_check']['max_relative_error']:.2e}")
+    if "overfit" in report and not report["overfit"]["passed"]:
+        warnings.append(f"could not overfit {report['overfit']['examples']} examples "
+                        f"(loss {report['overfit']['final_loss']:.4f}): check the model and --lr")
+    return warnings + report["layer_statistics"]["flags"]
+
+
+def _save_epoch(run_dir: Path, trainer: Trainer, state: TrainingState, meta: dict[str, Any],
+                improved: bool) -> None:
+    """last and best checkpoints first, then the state that commits the epoch."""
+    epoch_meta = {**meta, "training": {**meta["training"], "epoch": state.epoch,
+                                       "metrics": state.history[-1]}}
+    save_checkpoint(run_dir / "last.safetensors", trainer.model.state_dict(), epoch_meta)
+    if improved:
+        folded = fold_batch_norm(trainer.model)
+        architecture = meta["architecture"]
+        if "batch_norm" in architecture["kwargs"]:
+            architecture = {**architecture,
+                            "kwargs": {**architecture["kwargs"], "batch_norm": False}}
+        save_checkpoint(run_dir / "best.safetensors", folded.state_dict(),
+                        {**epoch_meta, "architecture": architecture})
+    save_state(run_dir, state, trainer.model, trainer.optimizer)
+
+
+def _finish(run_dir: Path, trainer: Trainer, state: TrainingState,
+            data: ClassificationData) -> dict[str, Any]:
+    """Evaluate the best checkpoint as `cvtool classify` will load it; write the summary."""
+    tensors, meta = load_checkpoint(run_dir / "best.safetensors")
+    best = build_architecture(meta)
+    best.load_state_dict(tensors)
+    evaluation = trainer.evaluate(best.to(trainer.device), data.val)
+    write_curves(run_dir, state.history)
+    return write_summary(run_dir, data, evaluation, {
+        "best_epoch": state.best_epoch, "epochs": state.epoch,
+        **_sanity_summary(state.extra.get("sanity", {})),
+        "final_train_loss": state.history[-1]["train_loss"],
+        "train_seconds": round(sum(row["seconds"] for row in state.history), 3)})
+
+
+def _sanity_summary(report: dict[str, Any]) -> dict[str, Any]:
+    # The contract's keys at the top level; the rest of the report under "sanity".
+    top = ("initial_loss", "expected_initial_loss", "initial_loss_agrees")
+    return {**{key: report.get(key) for key in top},
+            "sanity": {key: value for key, value in report.items() if key not in top}}
+
+
+def write_summary(run_dir: Path, data: ClassificationData, evaluation: Evaluation,
+                  details: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json and the confusion matrix of the val predictions; returns the summary."""
+    matrix = confusion_matrix(evaluation.labels, evaluation.predictions, len(data.classes))
+    write_confusion(run_dir, matrix, data.classes,
+                    f"val accuracy {evaluation.accuracy:.4f} ({len(evaluation.labels)} images)")
+    summary = {"run_dir": str(run_dir), "val_accuracy": evaluation.accuracy,
+               "val_images": len(evaluation.labels), **details, "confusion_matrix": matrix}
+    write_json(run_dir / "metrics.json", summary)
+    return summary

@@ -1,0 +1,130 @@
+"""The run directory: checkpoints, the resumable training state and metrics.jsonl.
+
+A kill -9 may land anywhere, so every file is written atomically and the state of epoch N is
+committed by its JSON sidecar, written after its tensors (`state/epoch-000N.json`): resume takes
+the newest epoch whose sidecar exists, and metrics.jsonl is rewritten from that state's
+history, so no finished epoch is lost or repeated. Nothing is pickled: tensors go to
+safetensors, the rest to JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Imported only once a training command runs, never by the CLI's start-up.
+import torch  # noqa: TID253
+from torch import nn  # noqa: TID253
+
+from cvtool.checkpoint import load_checkpoint, save_checkpoint
+from cvtool.status import UsageError
+from cvtool.writers import atomic_open
+
+STATE_DIR = "state"
+CONFIG = "config.json"
+METRICS_LINES = "metrics.jsonl"
+
+
+@dataclass
+class TrainingState:
+    """Where training stands after `epoch` finished epochs."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int = 0
+    best_val_accuracy: float = -1.0
+    extra: dict[str, Any] = field(default_factory=dict)  # the sanity report, kept for the summary
+
+
+def prepare_run_dir(path: Path, resume: bool, force: bool) -> None:
+    """A new run needs an empty (or absent) directory unless --force; resume needs a state."""
+    if resume:
+        if not (path / CONFIG).is_file():
+            raise UsageError(f"--resume {path}: not a training run directory (no {CONFIG})")
+        return
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--output {path} exists and is not a directory")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(f"--output {path} is not empty; use --resume {path} to continue that "
+                         f"run or --force to start over in it")
+    for stale in (path / STATE_DIR).glob("epoch-*") if force else ():
+        stale.unlink()  # a later --resume must not pick up the previous run's epochs
+    path.mkdir(parents=True, exist_ok=True)
+
+
+def save_state(run_dir: Path, state: TrainingState, model: nn.Module,
+               optimizer: torch.optim.Optimizer) -> None:
+    """Commit epoch `state.epoch`, then drop older states and rewrite metrics.jsonl."""
+    tensors = {f"model.{key}": value for key, value in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, entries in optimizer_state["state"].items():
+        for key, value in entries.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    tensors.update(_rng_tensors())
+    meta = {**state.__dict__, "optimizer": {"param_groups": optimizer_state["param_groups"],
+                                            "scalars": scalars}}
+    path = run_dir / STATE_DIR / f"epoch-{state.epoch:04d}.safetensors"
+    save_checkpoint(path, tensors, meta)
+    for older in _committed(run_dir)[1:]:
+        older.with_suffix(".safetensors").unlink(missing_ok=True)
+        older.unlink(missing_ok=True)
+    write_metrics_lines(run_dir, state.history)
+
+
+def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
+    """Restore the newest committed epoch into `model` and `optimizer`; RNGs included."""
+    committed = _committed(run_dir)
+    if not committed:
+        return TrainingState()
+    tensors, meta = load_checkpoint(committed[0])
+    model.load_state_dict({key[6:]: value for key, value in tensors.items()
+                           if key.startswith("model.")})
+    optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
+    _restore_rng(tensors)
+    fields = TrainingState.__dataclass_fields__
+    state = TrainingState(**{key: value for key, value in meta.items() if key in fields})
+    write_metrics_lines(run_dir, state.history)
+    return state
+
+
+def write_metrics_lines(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    with atomic_open(run_dir / METRICS_LINES, "w") as handle:
+        handle.writelines(json.dumps(row) + "\n" for row in history)
+
+
+def _committed(run_dir: Path) -> list[Path]:
+    """Committed state sidecars, newest first (a sidecar exists only once its tensors do)."""
+    return sorted((run_dir / STATE_DIR).glob("epoch-*.json"), reverse=True)
+
+
+def _optimizer_state(tensors: dict[str, torch.Tensor], saved: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state.setdefault(int(index), {})[name] = value
+    for index, entries in saved["scalars"].items():
+        state.setdefault(int(index), {}).update(entries)
+    return {"state": state, "param_groups": saved["param_groups"]}
+
+
+def _rng_tensors() -> dict[str, torch.Tensor]:
+    # Dropout and augmentation draw from these; shuffling has its own per-epoch generator.
+    tensors = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for index, rng in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{index}"] = rng
+    return tensors
+
+
+def _restore_rng(tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.cpu"])
+    cuda = [tensors[key] for key in sorted(tensors) if key.startswith("rng.cuda.")]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
