@@ -1,23 +1,33 @@
-"""cvtool's classical learners beside scikit-learn's, on the same digits split and the same folds.
+"""cvtool's classical learners beside scikit-learn's, on the same digits split.
 
 Both sides get `load_classification_data("digits")`: the seeded stratified 80/20 split, inputs
-flattened after cvtool's normalisation. Each picks its hyperparameters by 5-fold stratified CV on
-train alone (the same StratifiedKFold), then is scored once on val. PAIRS is the list to extend:
+flattened after cvtool's normalisation. k-NN: each side picks k and distance by 5-fold stratified
+CV on train alone (the same StratifiedKFold), then is scored once on val. Linear SVM and softmax:
+`cvtool train classify --model linear --loss svm|ce` (its documented settings) beside LinearSVC
+and LogisticRegression with their defaults; no CV on either side. PAIRS is the list to extend:
 (name, cvtool side, scikit-learn side), each side a function (data, seed) -> Outcome.
 Usage, from the repository root: PYTHONPATH=. python bench/digits_vs_sklearn.py [SEED]
 """
 
 from __future__ import annotations
 
+import io
+import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
+from sklearn.svm import LinearSVC
 
+from cvtool.cli import run_cli
+from cvtool.context import Environment
 from cvtool.train.data import ClassificationData, load_classification_data
 from cvtool.train.knn import CANDIDATE_K, fit_knn, stacked
 
@@ -28,7 +38,7 @@ SKLEARN_METRICS = {"l1": "manhattan", "l2": "euclidean"}  # in cvtool's grid ord
 @dataclass
 class Outcome:
     chosen: str  # the hyperparameters CV picked
-    cv_accuracy: float  # mean over folds, for the chosen ones
+    cv_accuracy: float | None  # mean over folds, for the chosen ones; None without CV
     val_accuracy: float
     seconds: float  # selection, fit and val prediction together
 
@@ -59,8 +69,38 @@ def sklearn_knn(data: ClassificationData, seed: int) -> Outcome:
                    float(search.best_score_), val_accuracy, seconds)
 
 
+LINEAR_ARGS = ["--model", "linear", "--epochs", "30", "--lr", "0.01", "--device", "cpu", "-q"]
+
+
+def cvtool_linear(loss: str) -> Side:
+    def side(data: ClassificationData, seed: int) -> Outcome:
+        with tempfile.TemporaryDirectory() as run_dir:
+            started = time.perf_counter()
+            env = Environment(stdout=io.StringIO(), stderr=io.StringIO())
+            code = run_cli(["train", "classify", "--data", "digits", "--loss", loss, "--seed",
+                            str(seed), *LINEAR_ARGS, "-o", str(Path(run_dir) / "run")], env)
+            seconds = time.perf_counter() - started
+            assert code == 0, env.stderr.getvalue()
+            summary = json.loads(env.stdout.getvalue())
+        return Outcome(f"{loss}, 30 ep", None, summary["val_accuracy"], seconds)
+    return side
+
+
+def sklearn_linear(model: Callable[[], object], label: str) -> Side:
+    def side(data: ClassificationData, seed: int) -> Outcome:
+        (train_x, train_y), (val_x, val_y) = arrays(data)
+        started = time.perf_counter()
+        fitted = model().fit(train_x, train_y)
+        val_accuracy = float(fitted.score(val_x, val_y))
+        return Outcome(label, None, val_accuracy, time.perf_counter() - started)
+    return side
+
+
 PAIRS: list[tuple[str, Side, Side]] = [
     ("knn", cvtool_knn, sklearn_knn),
+    ("linear svm", cvtool_linear("svm"), sklearn_linear(LinearSVC, "LinearSVC")),
+    ("softmax", cvtool_linear("ce"),
+     sklearn_linear(lambda: LogisticRegression(max_iter=2000), "LogReg")),
 ]
 
 
@@ -71,8 +111,12 @@ def arrays(data: ClassificationData) -> tuple[tuple[np.ndarray, np.ndarray], ...
 
 
 def describe(side: str, outcome: Outcome) -> str:
-    return (f"  {side:<8} {outcome.chosen:<10} cv {outcome.cv_accuracy:.4f}  "
+    return (f"  {side:<8} {outcome.chosen:<10} cv {_score(outcome.cv_accuracy)}  "
             f"val {outcome.val_accuracy:.4f}  {outcome.seconds:6.2f} s")
+
+
+def _score(value: float | None) -> str:
+    return "  -   " if value is None else f"{value:.4f}"
 
 
 def main() -> None:
@@ -84,8 +128,11 @@ def main() -> None:
         print(name)
         print(describe("cvtool", cvtool_side))
         print(describe("sklearn", sklearn_side))
-        print(f"  {'diff':<8} {'':<10} cv {cvtool_side.cv_accuracy - sklearn_side.cv_accuracy:+.4f}"
-              f"  val {cvtool_side.val_accuracy - sklearn_side.val_accuracy:+.4f}")
+        val_diff = cvtool_side.val_accuracy - sklearn_side.val_accuracy
+        cv_diff = (None if cvtool_side.cv_accuracy is None or sklearn_side.cv_accuracy is None
+                   else cvtool_side.cv_accuracy - sklearn_side.cv_accuracy)
+        cv_text = "  -    " if cv_diff is None else f"{cv_diff:+.4f}"
+        print(f"  {'diff':<8} {'':<10} cv {cv_text} val {val_diff:+.4f}")
 
 
 if __name__ == "__main__":
