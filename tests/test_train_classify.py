@@ -116,6 +116,30 @@ def test_torchvision_architecture_trains_from_scratch(tmp_path):
     assert summary["epochs"] == 1
 
 
+def test_torchvision_architecture_fine_tunes_from_a_weights_file(tmp_path):
+    from torchvision.models import get_model
+
+    torch.manual_seed(3)
+    pretrained = get_model("squeezenet1_1").state_dict()  # 1000 classes, like ImageNet weights
+    weights = tmp_path / "pretrained.pth"
+    torch.save({"state_dict": pretrained}, weights)  # the wrapper training scripts often write
+    run = tmp_path / "run"
+    _summary(cvtool("train", "classify", *QUICK, "--model", "squeezenet1_1", "--weights",
+                    weights, "--epochs", "1", "--image-size", "32", "--optimizer", "sgd",
+                    "--lr", "1e-12", "-o", run))
+    trained = load_file(run / "last.safetensors")
+    backbone = [key for key in pretrained if key.startswith("features.")]
+    # An all but frozen step: the backbone is still the file's, not a fresh init.
+    assert all(torch.allclose(trained[key], pretrained[key], atol=1e-6) for key in backbone)
+    assert trained["classifier.1.weight"].shape[0] == 10  # a new head for the 10 digits
+    scratch = tmp_path / "scratch"
+    _summary(cvtool("train", "classify", *QUICK, "--model", "squeezenet1_1", "--weights", "none",
+                    "--epochs", "1", "--image-size", "32", "--optimizer", "sgd", "--lr", "1e-12",
+                    "-o", scratch))
+    fresh = load_file(scratch / "last.safetensors")
+    assert not torch.allclose(fresh[backbone[0]], pretrained[backbone[0]], atol=1e-3)
+
+
 def test_classify_on_the_val_folder_reproduces_val_accuracy(tmp_path):
     run = tmp_path / "run"
     summary = _summary(cvtool("train", "classify", *QUICK, "--model", "cnn", "--batch-norm",

@@ -7,7 +7,6 @@ change), and a cvtool checkpoint rebuilds torchvision's `ImageClassification` fr
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,22 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
-from cvtool.models.weights import (
-    download_default_weights,
-    file_sha256,
-    local_weights_path,
-    read_state_dict,
-)
+from cvtool.models.weights import file_sha256, state_dict_for
 from cvtool.registry import ModelSpec, get_spec, resolve_reference
 from cvtool.status import UsageError
 
 if TYPE_CHECKING:
     from torch import nn
 
-# torchvision's densenet files predate a renaming of these keys; its builder rewrites them so too.
-_LEGACY_DENSENET_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
-)
 _AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
@@ -120,7 +110,7 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
         return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None)
     import torch
 
-    path, state = _state_dict_for(spec, weights, offline)
+    path, state = state_dict_for(spec, weights, offline)
     # Built on the meta device: no time spent on a random init the file overwrites anyway.
     with torch.device("meta"):
         module = _build_torchvision(spec, default, state, len(categories))
@@ -136,33 +126,6 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
         module = _build_torchvision(spec, default, state, num_classes)
         _load_exactly(module, state, f"weights file {path}", spec.name)
     return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path))
-
-
-def _state_dict_for(spec: ModelSpec, weights: str, offline: bool) -> tuple[Path, dict[str, Any]]:
-    if weights == "default":
-        path = local_weights_path(spec)
-        state = (read_state_dict(path) if path.is_file()
-                 else download_default_weights(spec, offline, progress=sys.stderr.isatty()))
-    else:
-        path = Path(weights)
-        state = _unwrap_state_dict(read_state_dict(path), path)
-    for key in list(state):
-        if match := _LEGACY_DENSENET_KEY.match(key):
-            state[match[1] + match[2]] = state.pop(key)
-    return path, state
-
-
-def _unwrap_state_dict(loaded: Any, path: Path) -> dict[str, Any]:
-    """Training scripts often save {"state_dict": ...} or {"model": ...} around the state dict."""
-    import torch
-
-    for key in ("state_dict", "model"):
-        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
-            loaded = loaded[key]
-    if not isinstance(loaded, Mapping) or not all(
-            isinstance(value, torch.Tensor) for value in loaded.values()):
-        raise UsageError(f"weights file {path} does not hold a state dict of tensors")
-    return loaded
 
 
 def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],

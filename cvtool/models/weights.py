@@ -11,7 +11,9 @@ import contextlib
 import hashlib
 import os
 import pickle
+import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -24,6 +26,10 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 _CHUNK = 1 << 20
+# torchvision's densenet files predate a renaming of these keys; its builder rewrites them so too.
+_LEGACY_DENSENET_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
 
 
 def local_weights_path(spec: ModelSpec) -> Path | None:
@@ -80,6 +86,34 @@ def download_default_weights(spec: ModelSpec, offline: bool, progress: bool) -> 
     except (OSError, RuntimeError) as error:
         reason = f"download failed ({type(error).__name__}: {one_line(error)})"
         raise ResourceUnavailable(_not_cached_message(spec, reason)) from None
+
+
+def state_dict_for(spec: ModelSpec, weights: str, offline: bool) -> tuple[Path, dict[str, Any]]:
+    """The file and state dict `--weights default|PATH` names for `spec` (cache or download)."""
+    if weights == "default":
+        path = local_weights_path(spec)
+        state = (read_state_dict(path) if path.is_file()
+                 else download_default_weights(spec, offline, progress=sys.stderr.isatty()))
+    else:
+        path = Path(weights)
+        state = _unwrap_state_dict(read_state_dict(path), path)
+    for key in list(state):
+        if match := _LEGACY_DENSENET_KEY.match(key):
+            state[match[1] + match[2]] = state.pop(key)
+    return path, state
+
+
+def _unwrap_state_dict(loaded: Any, path: Path) -> dict[str, Any]:
+    """Training scripts often save {"state_dict": ...} or {"model": ...} around the state dict."""
+    import torch
+
+    for key in ("state_dict", "model"):
+        if isinstance(loaded, Mapping) and isinstance(loaded.get(key), Mapping):
+            loaded = loaded[key]
+    if not isinstance(loaded, Mapping) or not all(
+            isinstance(value, torch.Tensor) for value in loaded.values()):
+        raise UsageError(f"weights file {path} does not hold a state dict of tensors")
+    return loaded
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:

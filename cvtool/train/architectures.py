@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 # Imported only once a training command runs, never by the CLI's start-up.
@@ -61,14 +60,9 @@ def _torchvision_classifier(config: ClassifyConfig, num_classes: int, offline: b
 def _load_pretrained(module: nn.Module, spec: Any, weights: str, offline: bool,
                      warn: Callable[[str], None]) -> None:
     """Fine-tuning: every pretrained tensor that fits; the class head stays freshly initialised."""
-    from cvtool.models.weights import download_default_weights, local_weights_path, read_state_dict
+    from cvtool.models.weights import state_dict_for
 
-    if weights == "default":
-        path = local_weights_path(spec)
-        state = (read_state_dict(path) if path.is_file()
-                 else download_default_weights(spec, offline, progress=False))
-    else:
-        state = read_state_dict(Path(weights))
+    _, state = state_dict_for(spec, weights, offline)
     expected = module.state_dict()
     fitting = {key: value for key, value in state.items()
                if key in expected and expected[key].shape == value.shape}
