@@ -2,11 +2,17 @@
 
 `cvtool data digits OUT_DIR` writes the very split `train classify --data digits` trains on, so
 `cvtool classify --model RUN_DIR OUT_DIR/val` scores the images that training held out.
+`cvtool data shapes OUT_DIR` writes the synthetic shapes (cvtool/shapes.py) in both the COCO
+layout and the segment-semantic layout; each image is stored once, the second layout's file being
+a hard link to the first's (a copy where the file system has no hard links).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -14,9 +20,10 @@ import typer
 
 from cvtool.context import Environment, current, finish
 from cvtool.status import ExitStatus, UsageError
-from cvtool.writers import atomic_open
+from cvtool.writers import atomic_open, atomic_path, write_bytes, write_json
 
 if TYPE_CHECKING:
+    from cvtool.shapes import ShapesImage
     from cvtool.train.data import Example
 
 data_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
@@ -30,6 +37,13 @@ Force = Annotated[bool, typer.Option(help="Write into a non-empty OUT_DIR, repla
                                           "the same name.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs on stderr.")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
+ShapesOutDir = Annotated[Path, typer.Argument(
+    help="Folder to write images/, annotations/, train/, val/ and classes.txt into; must be "
+         "empty or absent.", show_default=False)]
+ShapesSeed = Annotated[int, typer.Option(min=0, help="Seed of every image; the same seed writes "
+                                                     "the same bytes.")]
+Num = Annotated[int, typer.Option(min=0, help="Number of training images.")]
+ValNum = Annotated[int, typer.Option(min=0, help="Number of validation images.")]
 
 
 @data_app.command()
@@ -70,3 +84,73 @@ def _write_png(path: Path, example: Example) -> None:
     # The digits are gray: one channel holds them losslessly and decodes to the same RGB.
     with atomic_open(path, "wb") as handle:
         example.image.convert("L").save(handle, "PNG")
+
+
+@data_app.command()
+def shapes(out_dir: ShapesOutDir, num: Num = 1000, val_num: ValNum = 200, seed: ShapesSeed = 0,
+           force: Force = False, quiet: Quiet = False, debug: Debug = False) -> None:
+    """128x128 circles, squares and triangles on noisy gradients, for detection and segmentation.
+
+    Writes COCO annotations/{train,val}.json over images/{train,val}/, the same images as
+    {train,val}/images/ with class-index masks in {train,val}/masks/, and classes.txt; prints a
+    JSON summary.
+    """
+    env = current(quiet, debug)
+    finish(_write_shapes, env, out_dir, {"train": num, "val": val_num}, seed, force)
+
+
+def _write_shapes(env: Environment, out_dir: Path, counts: dict[str, int], seed: int,
+                  force: bool) -> ExitStatus:
+    from cvtool.shapes import CATEGORIES
+
+    _require_writable(out_dir, force)
+    write_bytes(out_dir / "classes.txt", "".join(f"{name}\n" for name in
+                                                 ("background", *CATEGORIES)).encode())
+    summary: dict = {"output": str(out_dir), "seed": seed}
+    for split, count in counts.items():
+        env.log(f"writing {count} images to {out_dir / 'images' / split}")
+        summary[split] = _write_shapes_split(out_dir, split, count, seed)
+    print(json.dumps(summary), file=env.stdout, flush=True)
+    return ExitStatus.SUCCESS
+
+
+def _write_shapes_split(out_dir: Path, split: str, count: int, seed: int) -> dict:
+    """Write one split's images, masks and COCO file; return its image and object counts."""
+    from cvtool.shapes import CATEGORIES, SIZE, coco_annotations, coco_categories, render
+
+    images, annotations, objects = [], [], Counter()
+    for index in range(count):
+        sample, stem = render(seed, split, index), f"{index:06d}"
+        _write_shapes_files(out_dir, split, stem, sample)
+        images.append({"id": index + 1, "file_name": f"{split}/{stem}.png",
+                       "width": SIZE, "height": SIZE})
+        annotations += coco_annotations(sample, index + 1, len(annotations) + 1)
+        objects.update(CATEGORIES[shape.category_id - 1] for shape in sample.shapes)
+    write_json(out_dir / "annotations" / f"{split}.json",
+               {"images": images, "annotations": annotations, "categories": coco_categories()})
+    return {"images": count, "objects": {name: objects[name] for name in CATEGORIES}}
+
+
+def _write_shapes_files(out_dir: Path, split: str, stem: str, sample: ShapesImage) -> None:
+    from PIL import Image
+
+    from cvtool.shapes import MASK_PALETTE
+
+    image_path = out_dir / "images" / split / f"{stem}.png"
+    with atomic_open(image_path, "wb") as handle:
+        Image.fromarray(sample.pixels).save(handle, "PNG")
+    _link(image_path, out_dir / split / "images" / f"{stem}.png")
+    mask = Image.fromarray(sample.semantic_mask())
+    mask.putpalette(MASK_PALETTE)  # makes it a "P" image whose pixel values are the indices
+    with atomic_open(out_dir / split / "masks" / f"{stem}.png", "wb") as handle:
+        mask.save(handle, "PNG")
+
+
+def _link(source: Path, target: Path) -> None:
+    """Make `target` the same file as `source`, replacing whatever had its name."""
+    with atomic_path(target) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(source, tmp)
