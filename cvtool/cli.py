@@ -44,7 +44,8 @@ BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 Workers = Annotated[int, typer.Option(
     min=0, help="Decoding threads (0: decode in the main thread).")]
 Format = Annotated[Optional[str], typer.Option(
-    "--format", help="table | jsonl | csv  [default: table on a terminal, else jsonl]",
+    "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
+                     "[default: table on a terminal, else jsonl]",
     show_default=False)]
 Output = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Directory for artifacts and run.json.", show_default=False)]
@@ -107,6 +108,62 @@ def classify(
             batch_size=batch_size, workers=workers, threads=threads,
             fmt=format, output=output, null=null, max_pixels=max_pixels,
             fail_fast=fail_fast, seed=seed)
+
+
+# Detectors run one model (no ensembles), so --model and --weights take one value here.
+OneModel = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Registry name  [default: fasterrcnn_mobilenet_v3_large_fpn for detect, "
+                          "maskrcnn_resnet50_fpn for segment-instance]", show_default=False)]
+OneWeights = Annotated[str, typer.Option(
+    help="default | none (random init) | PATH to a state dict.")]
+DEFAULT_DETECTORS = {"detect": "fasterrcnn_mobilenet_v3_large_fpn",
+                     "segment-instance": "maskrcnn_resnet50_fpn"}
+
+
+def detect(
+    ctx: typer.Context,
+    sources: Sources = None,
+    model: OneModel = None,
+    weights: OneWeights = "default",
+    conf: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
+    classes: Annotated[Optional[list[str]], typer.Option(
+        help="Keep only these classes: labels or ids, comma-separated or repeated.",
+        show_default=False)] = None,
+    gt: Annotated[Optional[Path], typer.Option(
+        help="COCO annotations: --format coco image_ids are matched to it by file name.",
+        show_default=False)] = None,
+    eval: Annotated[bool, typer.Option(
+        "--eval", help="Print pycocotools' COCO metrics against --gt on stderr.")] = False,
+    save_crops: Annotated[bool, typer.Option(
+        help="Also write each detection's crop under --output.")] = False,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    batch_size: BatchSize = 4,
+    workers: Workers = 2,
+    threads: Threads = None,
+    format: Format = None,
+    output: Output = None,
+    null: Null = False,
+    max_pixels: MaxPixels = None,
+    fail_fast: FailFast = False,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    from cvtool.commands import detect as run
+
+    env = current(quiet, debug)
+    task = ctx.info_name  # one function serves both commands; the name picks the task
+    finish(run, env, task, sources or [], model or DEFAULT_DETECTORS[task], weights,
+           conf=conf, classes=classes or [], gt=gt, evaluate=eval, save_crops=save_crops,
+           device=device, precision=precision, batch_size=batch_size, workers=workers,
+           threads=threads, fmt=format, output=output, null=null, max_pixels=max_pixels,
+           fail_fast=fail_fast, seed=seed)
+
+
+app.command("detect", help="Detect objects: boxes, labels and scores.")(detect)
+app.command("segment-instance", help="Segment object instances: detections with COCO RLE masks."
+            )(detect)
 
 
 @app.command()

@@ -12,6 +12,7 @@ from cvtool.context import Environment
 from cvtool.status import ExitStatus, UsageError
 
 RECORD_FORMATS = ("table", "jsonl", "csv")
+DETECTION_FORMATS = (*RECORD_FORMATS, "coco")
 
 
 def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) -> str:
@@ -33,14 +34,38 @@ def classify(env: Environment, sources: list[str], models: list[str], weights: l
              threads: int | None, fmt: str | None, output: Path | None, null: bool,
              max_pixels: int | None, fail_fast: bool, seed: int) -> int:
     fmt = resolve_format(env, fmt, RECORD_FORMATS)
+    check_inputs(sources, output)
+    from cvtool.runner import Tally, run_info, stream_records, write_run_json
+    from cvtool.tasks import classify as task
+    from cvtool.writers import make_writer
+
+    target, settings = prepare_device(env, device, precision, threads, seed)
+    options = task.ClassifyOptions(models=models, weights=weights, topk=topk, tta=tta,
+                                   precision=precision, batch_size=batch_size, workers=workers,
+                                   fail_fast=fail_fast, max_pixels=max_pixels)
+    loop, loaded = task.build(options, target, env.offline, env.warn)
+    tally = Tally()
+    writer = make_writer(fmt, env.stdout, task.TASK, env.no_color)
+    stream_records(env, loop.run(read_sources(env, sources, null)), writer, tally)
+    settings.update(batch_size=batch_size, topk=topk, tta=tta)
+    if output is not None:
+        models_info = [_model_info(m) for m in loaded]
+        write_run_json(output, run_info(task.TASK, models_info, settings, tally))
+    _summarise(env, tally)
+    return tally.status()
+
+
+def check_inputs(sources: list[str], output: Path | None) -> None:
     check_output_dir(output)
     if not sources:
         raise UsageError("no inputs: give image files, directories, quoted globs, or - for stdin")
+
+
+def prepare_device(env: Environment, device: str, precision: str, threads: int | None,
+                   seed: int) -> tuple[Any, dict[str, Any]]:
+    """Threads, seed, the device and precision every inference command sets up the same way;
+    returns the device and the settings run.json records about them."""
     from cvtool import device as devices
-    from cvtool.runner import Tally, run_info, stream_records, write_run_json
-    from cvtool.sources import iter_sources
-    from cvtool.tasks import classify as task
-    from cvtool.writers import make_writer
 
     devices.autocast_dtype(precision)
     threads = devices.set_threads(threads)
@@ -48,21 +73,14 @@ def classify(env: Environment, sources: list[str], models: list[str], weights: l
     target = devices.resolve_device(device)
     if warning := devices.precision_warning(target, precision):
         env.warn(warning)
-    options = task.ClassifyOptions(models=models, weights=weights, topk=topk, tta=tta,
-                                   precision=precision, batch_size=batch_size, workers=workers,
-                                   fail_fast=fail_fast, max_pixels=max_pixels)
-    loop, loaded = task.build(options, target, env.offline, env.warn)
-    tally = Tally()
-    records = loop.run(iter_sources(sources, env.stdin if "-" in sources else None, null))
-    stream_records(env, records, make_writer(fmt, env.stdout, task.TASK, env.no_color), tally)
-    settings = {"device": str(target), "device_name": devices.describe_device(target),
-                "precision": precision, "threads": threads, "seed": seed,
-                "batch_size": batch_size, "topk": topk, "tta": tta}
-    if output is not None:
-        models_info = [_model_info(m) for m in loaded]
-        write_run_json(output, run_info(task.TASK, models_info, settings, tally))
-    _summarise(env, tally)
-    return tally.status()
+    return target, {"device": str(target), "device_name": devices.describe_device(target),
+                    "precision": precision, "threads": threads, "seed": seed}
+
+
+def read_sources(env: Environment, sources: list[str], null: bool) -> Any:
+    from cvtool.sources import iter_sources
+
+    return iter_sources(sources, env.stdin if "-" in sources else None, null)
 
 
 def _model_info(loaded: Any) -> dict[str, Any]:
@@ -108,3 +126,59 @@ def _write_rows(env: Environment, rows: list[dict[str, Any]], fmt: str) -> None:
     from cvtool.writers import write_rows
 
     write_rows(env.stdout, rows, fmt, env.no_color)
+
+
+def detect(env: Environment, task_name: str, sources: list[str], model: str, weights: str, *,
+           conf: float, classes: list[str], gt: Path | None, evaluate: bool, save_crops: bool,
+           device: str, precision: str, batch_size: int, workers: int, threads: int | None,
+           fmt: str | None, output: Path | None, null: bool, max_pixels: int | None,
+           fail_fast: bool, seed: int) -> int:
+    """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
+    fmt = resolve_format(env, fmt, DETECTION_FORMATS)
+    check_inputs(sources, output)
+    if evaluate and gt is None:
+        raise UsageError("--eval needs --gt annotations.json to compare against")
+    if save_crops and output is None:
+        raise UsageError("--save-crops needs --output DIR to write the crops to")
+    from cvtool import coco
+    from cvtool.runner import Tally, run_info, stream_records, write_run_json
+    from cvtool.tasks import detect as task
+    from cvtool.writers import TeeWriter, make_writer
+
+    ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
+    target, settings = prepare_device(env, device, precision, threads, seed)
+    options = task.DetectOptions(
+        task=task_name, model=model, weights=weights, conf=conf, classes=classes,
+        precision=precision, batch_size=batch_size, workers=workers, fail_fast=fail_fast,
+        max_pixels=max_pixels, output=output, save_crops=save_crops)
+    loop, loaded = task.build(options, target, env.offline, env.warn)
+    collector = coco.ResultCollector(ground_truth, env.warn)
+    writer = make_writer(fmt, env.stdout, task_name, env.no_color, collector)
+    writer = writer if fmt == "coco" or not evaluate else TeeWriter(writer, collector)
+    tally = Tally()
+    stream_records(env, loop.run(read_sources(env, sources, null)), writer, tally)
+    settings.update(batch_size=batch_size, conf=conf, classes=classes, gt=gt and str(gt),
+                    mask_threshold=task.MASK_THRESHOLD)
+    if evaluate:
+        settings["metrics"] = _evaluate(env, task_name, ground_truth, collector)
+    if output is not None:
+        write_run_json(output, run_info(task_name, [_model_info(loaded)], settings, tally))
+    _summarise(env, tally)
+    return tally.status()
+
+
+def _evaluate(env: Environment, task_name: str, ground_truth: dict[str, Any],
+              collector: Any) -> dict[str, dict[str, float]]:
+    from cvtool import coco
+
+    if missing := len(ground_truth["images"]) - len(set(collector.image_ids)):
+        env.warn(f"{missing} --gt images were not among the inputs (or failed); "
+                 "metrics cover the images that were")
+    iou_types: tuple[str, ...] = ("bbox",)
+    if task_name == "segment-instance":
+        if coco.has_segmentations(ground_truth):
+            iou_types = ("bbox", "segm")
+        else:
+            env.warn("--gt annotations lack \"segmentation\": mask metrics are left out")
+    return coco.evaluate(ground_truth, collector.results, collector.image_ids, iou_types,
+                         env.stderr)

@@ -123,6 +123,26 @@ _TORCHVISION_CLASSIFIERS: dict[str, str] = {
     "wide_resnet50_2": "Wide_ResNet50_2_Weights.IMAGENET1K_V2",
 }
 
+# Detectors (boxes, labels, scores) under torchvision.models.detection, completeness-tested like the
+# classifiers. Mask R-CNN is registered for segment-instance; `detect` also runs it (boxes only).
+_TORCHVISION_DETECTORS: dict[str, str] = {
+    "fasterrcnn_mobilenet_v3_large_320_fpn":
+        "FasterRCNN_MobileNet_V3_Large_320_FPN_Weights.COCO_V1",
+    "fasterrcnn_mobilenet_v3_large_fpn": "FasterRCNN_MobileNet_V3_Large_FPN_Weights.COCO_V1",
+    "fasterrcnn_resnet50_fpn": "FasterRCNN_ResNet50_FPN_Weights.COCO_V1",
+    "fasterrcnn_resnet50_fpn_v2": "FasterRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
+    "fcos_resnet50_fpn": "FCOS_ResNet50_FPN_Weights.COCO_V1",
+    "keypointrcnn_resnet50_fpn": "KeypointRCNN_ResNet50_FPN_Weights.COCO_V1",
+    "retinanet_resnet50_fpn": "RetinaNet_ResNet50_FPN_Weights.COCO_V1",
+    "retinanet_resnet50_fpn_v2": "RetinaNet_ResNet50_FPN_V2_Weights.COCO_V1",
+    "ssd300_vgg16": "SSD300_VGG16_Weights.COCO_V1",
+    "ssdlite320_mobilenet_v3_large": "SSDLite320_MobileNet_V3_Large_Weights.COCO_V1",
+}
+_TORCHVISION_INSTANCE_SEGMENTERS: dict[str, str] = {
+    "maskrcnn_resnet50_fpn": "MaskRCNN_ResNet50_FPN_Weights.COCO_V1",
+    "maskrcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
+}
+
 # Checkpoints produced by `cvtool train` and committed under cvtool/house/ join here, e.g.
 # ModelSpec("digits-cnn", "classify", "house", "<builder>", None, "house/digits-cnn.safetensors").
 _HOUSE_MODELS: tuple[ModelSpec, ...] = (
@@ -156,6 +176,9 @@ def _is_well_formed(spec: ModelSpec) -> bool:
 
 _REGISTRY = _index([
     *_torchvision_specs("classify", "torchvision.models", _TORCHVISION_CLASSIFIERS),
+    *_torchvision_specs("detect", "torchvision.models.detection", _TORCHVISION_DETECTORS),
+    *_torchvision_specs("segment-instance", "torchvision.models.detection",
+                        _TORCHVISION_INSTANCE_SEGMENTERS),
     *_HOUSE_MODELS,
 ])
 

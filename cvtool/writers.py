@@ -15,9 +15,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from rich.console import Console
-from rich.table import Table
-
 from cvtool.results import Record
 
 RECORD_FORMATS = ("table", "jsonl", "csv", "coco")
@@ -25,7 +22,12 @@ RECORD_FORMATS = ("table", "jsonl", "csv", "coco")
 # For csv: the list in each task's payload that becomes one row per item, and the item's columns.
 CSV_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     "classify": ("predictions", ("rank", "index", "label", "score")),
+    "detect": ("detections", ("rank", "index", "label", "score", "x1", "y1", "x2", "y2")),
+    # Masks stay out of CSV (an RLE string per cell helps nobody): jsonl and coco carry them.
+    "segment-instance": ("detections", ("rank", "index", "label", "score",
+                                        "x1", "y1", "x2", "y2", "area")),
 }
+TABLE_ITEMS = 5  # detections named per row of the table; jsonl and csv carry them all
 CSV_BASE = ("path", "ok", "task", "model", "width", "height")
 CSV_ERROR = ("error_type", "error_message")
 
@@ -63,7 +65,8 @@ class CsvWriter:
             self.writer.writerow({**base, "error_type": record.error.type,
                                   "error_message": record.error.message})
         for rank, item in enumerate(record.payload.get(self.items_key, []), start=1):
-            row = {column: item.get(column) for column in self.item_columns}
+            flat = {**item, **dict(zip(("x1", "y1", "x2", "y2"), item.get("box", ())))}
+            row = {column: flat.get(column) for column in self.item_columns}
             self.writer.writerow({**base, **row, "rank": rank})
         self.stream.flush()
 
@@ -75,6 +78,10 @@ class TableWriter:
     """A rich table for people at a terminal; printed once all records are in."""
 
     def __init__(self, stream: IO[str], task: str, no_color: bool) -> None:
+        # rich is imported only when a table is asked for: --help and pipes never pay for it.
+        from rich.console import Console
+        from rich.table import Table
+
         self.console = Console(file=stream, no_color=no_color, highlight=False)
         self.items_key = CSV_ITEMS[task][0]
         self.table = Table("path", "size", "result", box=None, header_style="bold")
@@ -87,14 +94,53 @@ class TableWriter:
         if record.error is not None:
             return f"[red]error[/red] {record.error.type}: {record.error.message}"
         items = record.payload.get(self.items_key, [])
-        return ", ".join(f"{item['label']} {item['score']:.3f}" for item in items)
+        if self.items_key != "detections":
+            return ", ".join(f"{item['label']} {item['score']:.3f}" for item in items)
+        # Detections can be none or hundreds: the count, then the best few.
+        shown = ", ".join(f"{item['label']} {item['score']:.2f}" for item in items[:TABLE_ITEMS])
+        more = f", +{len(items) - TABLE_ITEMS} more" if len(items) > TABLE_ITEMS else ""
+        return f"{len(items)}: {shown}{more}" if items else "0"
 
     def close(self) -> None:
         if self.table.row_count:
             self.console.print(self.table)
 
 
-def make_writer(fmt: str, stream: IO[str], task: str, no_color: bool = False) -> RecordWriter:
+class CocoWriter:
+    """A COCO results list: one JSON array, so it is written once all records are in."""
+
+    def __init__(self, stream: IO[str], collector: Any) -> None:
+        self.stream, self.collector = stream, collector  # collector: cvtool.coco.ResultCollector
+
+    def write(self, record: Record) -> None:
+        self.collector.write(record)
+
+    def close(self) -> None:
+        json.dump(self.collector.results, self.stream, ensure_ascii=False)
+        self.stream.write("\n")
+        self.stream.flush()
+
+
+class TeeWriter:
+    """Hands every record to several writers (the chosen format and a COCO collector)."""
+
+    def __init__(self, *writers: RecordWriter) -> None:
+        self.writers = writers
+
+    def write(self, record: Record) -> None:
+        for writer in self.writers:
+            writer.write(record)
+
+    def close(self) -> None:
+        for writer in self.writers:
+            writer.close()
+
+
+def make_writer(fmt: str, stream: IO[str], task: str, no_color: bool = False,
+                collector: Any = None) -> RecordWriter:
+    """The writer for `fmt`; `collector` (a cvtool.coco.ResultCollector) is needed for coco."""
+    if fmt == "coco":
+        return CocoWriter(stream, collector)
     if fmt == "jsonl":
         return JsonlWriter(stream)
     if fmt == "csv":
@@ -157,6 +203,9 @@ def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
         writer.writeheader()
         writer.writerows(rows)
     else:
+        from rich.console import Console
+        from rich.table import Table
+
         table = Table(*columns, box=None, header_style="bold")
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in columns))

@@ -26,6 +26,23 @@ def test_torchvision_classifiers_match_installed_torchvision() -> None:
         assert resolve_reference(spec.weights) is torchvision.models.get_model_weights(name).DEFAULT
 
 
+def test_torchvision_detectors_match_installed_torchvision() -> None:
+    import torchvision.models
+    import torchvision.models.detection
+
+    ours = {spec.name: spec for task in ("detect", "segment-instance")
+            for spec in list_models(task) if spec.source == "torchvision"}
+    expected = torchvision.models.list_models(module=torchvision.models.detection)
+    assert sorted(ours) == sorted(expected)
+    for name, spec in ours.items():
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        assert resolve_reference(spec.builder) is torchvision.models.get_model_builder(name)
+        assert resolve_reference(spec.weights) is default
+        assert default.meta["categories"]
+        # Exactly the models that output masks are registered for segment-instance.
+        assert (spec.task == "segment-instance") == name.startswith("maskrcnn")
+
+
 def test_house_entries_point_at_shipped_checkpoints() -> None:
     for spec in list_models():
         if spec.source == "house":

@@ -1,0 +1,112 @@
+"""Artifacts for detect and segment-instance: annotated images and per-detection crops.
+
+Files mirror the input's path under `--output`: a path inside the working directory keeps its
+relative path, any other keeps its absolute path below the output root. Annotated images keep the
+input's name (JPEG for .jpg/.jpeg, PNG otherwise, `.png` appended to other extensions); crops go
+to `crops/<mirrored input path>/<NNN>_<label>.png`, NNN the detection's position in the record.
+Pillow and numpy only; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from cvtool.status import UsageError
+from cvtool.writers import write_bytes
+
+MASK_ALPHA = 0.45  # masks translucent enough to see the object through them
+_PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+            (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (0, 128, 128))
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def colour(index: int) -> tuple[int, int, int]:
+    return _PALETTE[index % len(_PALETTE)]
+
+
+def draw_detections(image: Image.Image, detections: list[dict[str, Any]]) -> Image.Image:
+    """A copy of `image` with translucent masks, boxes and `label score` tags."""
+    canvas = image.convert("RGB")
+    for detection in detections:
+        if "mask" in detection:
+            canvas = _blend_mask(canvas, detection["mask"], colour(detection["index"]))
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(min(canvas.size) / 250))
+    font = ImageFont.load_default()
+    for detection in detections:
+        rgb = colour(detection["index"])
+        x1, y1, x2, y2 = detection["box"]
+        draw.rectangle((x1, y1, x2, y2), outline=rgb, width=width)
+        tag = f"{detection['label']} {detection['score']:.2f}"
+        _, _, text_width, text_height = draw.textbbox((0, 0), tag, font=font)
+        # Above the box, or just inside it when the box touches the top edge.
+        top = y1 - text_height - 2 if y1 >= text_height + 2 else y1
+        draw.rectangle((x1, top, x1 + text_width + 2, top + text_height + 2), fill=rgb)
+        draw.text((x1 + 1, top + 1), tag, fill=(0, 0, 0), font=font)
+    return canvas
+
+
+def _blend_mask(canvas: Image.Image, rle: dict[str, Any], rgb: tuple[int, int, int]) -> Image.Image:
+    from cvtool.coco import decode_mask
+
+    alpha = Image.fromarray((decode_mask(rle) * round(255 * MASK_ALPHA)).astype(np.uint8))
+    return Image.composite(Image.new("RGB", canvas.size, rgb), canvas, alpha)
+
+
+def crop(image: Image.Image, box: list[float]) -> Image.Image:
+    """The box's pixels, rounded outwards so the whole object is kept."""
+    x1, y1, x2, y2 = box
+    left, top = max(0, math.floor(x1)), max(0, math.floor(y1))
+    right = min(image.width, max(left + 1, math.ceil(x2)))
+    bottom = min(image.height, max(top + 1, math.ceil(y2)))
+    return image.crop((left, top, right, bottom))
+
+
+def mirrored(path: str) -> Path:
+    """`path` relative to the working directory, or absolute without its root."""
+    resolved = Path(os.path.abspath(path))
+    try:
+        return resolved.relative_to(Path.cwd())
+    except ValueError:
+        return resolved.relative_to(resolved.anchor)
+
+
+class ArtifactWriter:
+    def __init__(self, output: Path, save_crops: bool) -> None:
+        self.output, self.save_crops = Path(output), save_crops
+
+    def save(self, path: str, image: Image.Image, detections: list[dict[str, Any]]) -> None:
+        relative = mirrored(path)
+        target = self.output / _annotated_name(relative)
+        if Path(os.path.abspath(target)) == Path(os.path.abspath(path)):
+            raise UsageError(f"--output {self.output} would overwrite the input {path}; "
+                             "choose another directory")
+        write_bytes(target, _encoded(draw_detections(image, detections), target.suffix))
+        if self.save_crops:
+            for number, detection in enumerate(detections):
+                name = f"{number:03d}_{_UNSAFE.sub('_', detection['label'])}.png"
+                cropped = crop(image, detection["box"])
+                write_bytes(self.output / "crops" / relative / name, _encoded(cropped, ".png"))
+
+
+def _annotated_name(relative: Path) -> Path:
+    if relative.suffix.lower() in (".jpg", ".jpeg", ".png"):
+        return relative
+    return relative.with_name(relative.name + ".png")
+
+
+def _encoded(image: Image.Image, suffix: str) -> bytes:
+    buffer = io.BytesIO()
+    if suffix.lower() in (".jpg", ".jpeg"):
+        image.save(buffer, format="JPEG", quality=95)
+    else:
+        image.save(buffer, format="PNG")
+    return buffer.getvalue()

@@ -1,0 +1,183 @@
+"""COCO interop: RLE masks, results lists, ground truth matched by file name, and COCOeval.
+
+A record's detection `index` is the model's label id, which for torchvision's COCO weights IS the
+COCO category id (their category lists keep `N/A` placeholders at the unused ids), so results use
+`category_id = index` unchanged. pycocotools prints progress on stdout; here it goes to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+from collections.abc import Callable
+from pathlib import Path, PurePath
+from typing import IO, Any
+
+import numpy as np
+
+from cvtool.results import Record
+from cvtool.status import UsageError
+
+STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
+              "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
+Warn = Callable[[str], None]
+
+
+def encode_mask(mask: np.ndarray) -> tuple[dict[str, Any], int]:
+    """A boolean (H, W) mask as COCO RLE with a JSON-ready `counts` string, and its area."""
+    from pycocotools import mask as mask_utils
+
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(n) for n in rle["size"]], "counts": rle["counts"].decode("ascii")}, \
+        int(mask_utils.area(rle))
+
+
+def decode_mask(rle: dict[str, Any]) -> np.ndarray:
+    from pycocotools import mask as mask_utils
+
+    return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0
+
+
+def load_ground_truth(path: Path, warn: Warn) -> dict[str, Any]:
+    """A COCO instances file, checked: fatal problems are one-line UsageErrors, while unusable
+    annotations (unknown image, bad box) are skipped with one warning saying how many."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UsageError(f"cannot read --gt {path}: {' '.join(str(error).split())}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list):
+        raise UsageError(f"--gt {path} is not a COCO file: no \"images\" list")
+    images = {_image_key(image, path): image for image in data["images"]}
+    if len(images) != len(data["images"]):
+        raise UsageError(f"--gt {path}: image ids are not unique")
+    given = data.get("annotations") or []
+    checked = (_checked_annotation(a, images, n) for n, a in enumerate(given, start=1))
+    annotations = [annotation for annotation in checked if annotation is not None]
+    if skipped := len(given) - len(annotations):
+        warn(f"--gt {path}: skipped {skipped} annotations with no valid image_id, category_id "
+             "or bbox inside the image")
+    if not annotations:
+        warn(f"--gt {path} has no usable annotations: every metric will be -1")
+    categories = data.get("categories") or _categories_from(annotations)
+    return {"images": list(images.values()), "annotations": annotations,
+            "categories": categories}
+
+
+def _image_key(image: Any, path: Path) -> int:
+    if not isinstance(image, dict) or not isinstance(image.get("id"), int) \
+            or not isinstance(image.get("file_name"), str):
+        raise UsageError(f"--gt {path}: every image needs an integer \"id\" and a \"file_name\"; "
+                         f"found {json.dumps(image)[:120]}")
+    return image["id"]
+
+
+def _checked_annotation(annotation: Any, images: dict[int, dict], number: int) -> dict | None:
+    if not isinstance(annotation, dict) or annotation.get("image_id") not in images \
+            or not isinstance(annotation.get("category_id"), int):
+        return None
+    box = annotation.get("bbox")
+    if not (isinstance(box, list) and len(box) == 4
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)):
+        return None
+    x, y, w, h = box
+    image = images[annotation["image_id"]]
+    width, height = image.get("width", math.inf), image.get("height", math.inf)
+    if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width + 1 or y + h > height + 1:
+        return None
+    # COCOeval reads these; a hand-made file often leaves them out.
+    return {"id": number, "iscrowd": 0, "area": w * h, **annotation}
+
+
+def _categories_from(annotations: list[dict]) -> list[dict[str, Any]]:
+    ids = sorted({annotation["category_id"] for annotation in annotations})
+    return [{"id": i, "name": str(i)} for i in ids]
+
+
+class ResultCollector:
+    """Collects records as a COCO results list; with ground truth, `image_id`s come from it,
+    matched by file name (the longest trailing run of path components), else they count inputs
+    from 1 and each result carries the input's `file_name`."""
+
+    def __init__(self, ground_truth: dict[str, Any] | None, warn: Warn) -> None:
+        self.ground_truth, self.warn = ground_truth, warn
+        self.results: list[dict[str, Any]] = []
+        self.image_ids: list[int] = []  # inputs matched to the ground truth, in order
+        self.inputs = 0
+
+    def write(self, record: Record) -> None:
+        self.inputs += 1
+        if not record.ok:
+            return
+        image_id = self.inputs if self.ground_truth is None else self._matched_id(record.path)
+        if image_id is None:
+            return
+        self.image_ids.append(image_id)
+        extra = {} if self.ground_truth else {"file_name": record.path}
+        self.results.extend(as_result(d, image_id, extra) for d in record.payload["detections"])
+
+    def close(self) -> None:
+        """Nothing to flush: whoever needs the results reads `results`."""
+
+    def _matched_id(self, path: str) -> int | None:
+        parts = PurePath(path).parts
+        matches = [image for image in self.ground_truth["images"]
+                   if _ends_with(parts, PurePath(image["file_name"]).parts)]
+        if not matches:
+            self.warn(f"{path} is not in --gt; its detections are left out")
+            return None
+        return max(matches, key=lambda image: len(PurePath(image["file_name"]).parts))["id"]
+
+
+def _ends_with(parts: tuple[str, ...], suffix: tuple[str, ...]) -> bool:
+    return 0 < len(suffix) <= len(parts) and parts[-len(suffix):] == suffix
+
+
+def as_result(detection: dict[str, Any], image_id: int, extra: dict[str, Any]) -> dict[str, Any]:
+    x1, y1, x2, y2 = detection["box"]
+    result = {"image_id": image_id, "category_id": detection["index"],
+              "bbox": [x1, y1, x2 - x1, y2 - y1], "score": detection["score"], **extra}
+    if "mask" in detection:
+        result["segmentation"] = detection["mask"]
+    return result
+
+
+def evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], image_ids: list[int],
+             iou_types: tuple[str, ...], stderr: IO[str]) -> dict[str, dict[str, float]]:
+    """COCOeval per IoU type on the matched images; its summary goes to `stderr`."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    metrics: dict[str, dict[str, float]] = {}
+    noise = io.StringIO()
+    with contextlib.redirect_stdout(noise):
+        gt = COCO()
+        gt.dataset = ground_truth
+        gt.createIndex()
+        detections = gt.loadRes(results) if results else _empty_results(gt)
+    for iou_type in iou_types:
+        evaluator = COCOeval(gt, detections, iou_type)
+        evaluator.params.imgIds = sorted(set(image_ids))
+        with contextlib.redirect_stdout(noise):
+            evaluator.evaluate()
+            evaluator.accumulate()
+        print(f"COCO {iou_type} metrics ({len(set(image_ids))} images):", file=stderr)
+        with contextlib.redirect_stdout(stderr):
+            evaluator.summarize()
+        metrics[iou_type] = dict(zip(STAT_NAMES, map(float, evaluator.stats)))
+    return metrics
+
+
+def has_segmentations(ground_truth: dict[str, Any]) -> bool:
+    return all("segmentation" in annotation for annotation in ground_truth["annotations"])
+
+
+def _empty_results(gt: Any) -> Any:
+    from pycocotools.coco import COCO
+
+    empty = COCO()
+    empty.dataset = {"images": gt.dataset["images"], "categories": gt.dataset["categories"],
+                     "annotations": []}
+    empty.createIndex()
+    return empty

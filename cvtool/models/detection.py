@@ -1,0 +1,72 @@
+"""Detectors and instance segmenters: a registry name and `--weights` in, a ready model out.
+
+Models are built with `weights=None, weights_backbone=None`, so nothing is downloaded behind the
+user's back; parameters come from the cache, a state-dict file, or random init (`--weights none`).
+Categories and preprocessing are the default weights' own (`meta["categories"]`,
+`transforms()`); torchvision's detectors resize and normalise inside the model and map boxes and
+masks back to the input's own pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from cvtool.models.classification import LoadedModel, _load_exactly, _ready, _warn_on_stderr
+from cvtool.models.weights import state_dict_for
+from cvtool.registry import ModelSpec, get_spec, resolve_reference
+from cvtool.status import UsageError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+# Which registry tasks can serve each command: Mask R-CNN also detects (its masks are dropped).
+SERVES: dict[str, tuple[str, ...]] = {
+    "detect": ("detect", "segment-instance"),
+    "segment-instance": ("segment-instance",),
+}
+
+
+def load_detector(model: str, weights: str, task: str, offline: bool = False,
+                  warn: Callable[[str], None] = _warn_on_stderr) -> LoadedModel:
+    """Resolve a registry `model` for `task` with `weights` default|none|PATH.
+
+    Raises UsageError (unknown or unfitting model, unreadable file) or ResourceUnavailable
+    (default weights not cached and offline, or the download failed).
+    """
+    spec = get_spec(model)
+    if spec.task not in SERVES[task] or spec.source != "torchvision":
+        listing = " and ".join(f"`cvtool models {t}`" for t in SERVES[task])
+        raise UsageError(f"{model} is a {spec.task} model, not one for {task}; {listing} "
+                         "list those that are")
+    default = resolve_reference(spec.weights)
+    categories = list(default.meta["categories"])
+    if weights == "none":
+        warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
+        module = build_detector(spec, len(categories))
+        return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None)
+    path, state = state_dict_for(spec, weights, offline)
+    module = build_detector(spec, len(categories))
+    freeze_batch_norms(module, state)
+    _load_exactly(module, state, f"weights file {path}", spec.name)
+    return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path))
+
+
+def build_detector(spec: ModelSpec, num_classes: int) -> nn.Module:
+    builder = resolve_reference(spec.builder)
+    return builder(weights=None, weights_backbone=None, num_classes=num_classes)
+
+
+def freeze_batch_norms(module: nn.Module, state: Mapping[str, Any]) -> None:
+    """Turn the BatchNorm2d layers `state` stores without `num_batches_tracked` into
+    FrozenBatchNorm2d, as torchvision's builders do for pretrained weights: the released files
+    only fit (and only compute the same function) in that form."""
+    from torch import nn
+    from torchvision.ops import FrozenBatchNorm2d
+
+    for name, child in list(module.named_modules()):
+        for child_name, layer in list(child.named_children()):
+            key = f"{name}.{child_name}" if name else child_name
+            if isinstance(layer, nn.BatchNorm2d) and f"{key}.weight" in state \
+                    and f"{key}.num_batches_tracked" not in state:
+                setattr(child, child_name, FrozenBatchNorm2d(layer.num_features, eps=layer.eps))
