@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 _AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
-def _warn_on_stderr(message: str) -> None:
+def warn_on_stderr(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
@@ -44,7 +44,7 @@ class LoadedModel:
 
 
 def load_classifier(model: str, weights: str = "default", offline: bool = False,
-                    warn: Callable[[str], None] = _warn_on_stderr) -> LoadedModel:
+                    warn: Callable[[str], None] = warn_on_stderr) -> LoadedModel:
     """Resolve `model` (registry name, checkpoint, run dir) and `weights` (default|none|PATH).
 
     Raises UsageError (unknown model, unfitting or unreadable file) or ResourceUnavailable
@@ -94,10 +94,10 @@ def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
     if meta.get("task") != "classify" or not isinstance(meta.get("classes"), list):
         raise UsageError(f"{name} is not a classification checkpoint (task {meta.get('task')!r})")
     module = build_architecture(meta)
-    _load_exactly(module, state, f"checkpoint {tensors_path}", name)
+    load_exactly(module, state, f"checkpoint {tensors_path}", name)
     transforms = classification_transforms(meta.get("preprocessing", {}))
-    return LoadedModel(name, _ready(module), [str(label) for label in meta["classes"]], transforms,
-                       str(tensors_path))
+    return LoadedModel(name, ready_for_inference(module),
+                       [str(label) for label in meta["classes"]], transforms, str(tensors_path))
 
 
 def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
@@ -107,7 +107,9 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
         module = _build_torchvision(spec, default, {}, len(categories))
-        return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None)
+        return LoadedModel(
+            spec.name, ready_for_inference(module), categories, default.transforms(), None)
+
     import torch
 
     path, state = state_dict_for(spec, weights, offline)
@@ -121,11 +123,12 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
         with torch.device("meta"):
             module = _build_torchvision(spec, default, state, num_classes)
         categories = [f"class_{index}" for index in range(num_classes)]
-    _load_exactly(module, state, f"weights file {path}", spec.name)
+    load_exactly(module, state, f"weights file {path}", spec.name)
     if _has_meta_tensors(module):  # buffers outside the state dict still need real values
         module = _build_torchvision(spec, default, state, num_classes)
-        _load_exactly(module, state, f"weights file {path}", spec.name)
-    return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path))
+        load_exactly(module, state, f"weights file {path}", spec.name)
+    return LoadedModel(
+        spec.name, ready_for_inference(module), categories, default.transforms(), str(path))
 
 
 def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],
@@ -158,7 +161,7 @@ def _fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classe
     return found.pop() if different and fits and len(found) == 1 else num_classes
 
 
-def _load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name: str) -> None:
+def load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name: str) -> None:
     """Strict load with a one-line summary of what does not fit."""
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
@@ -180,7 +183,7 @@ def _has_meta_tensors(module: nn.Module) -> bool:
     return any(tensor.is_meta for tensor in (*module.parameters(), *module.buffers()))
 
 
-def _ready(module: nn.Module) -> nn.Module:
+def ready_for_inference(module: nn.Module) -> nn.Module:
     return module.float().to("cpu").eval()
 
 

@@ -12,7 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from cvtool.models.classification import LoadedModel, _load_exactly, _ready, _warn_on_stderr
+from cvtool.models.classification import (
+    LoadedModel,
+    load_exactly,
+    ready_for_inference,
+    warn_on_stderr,
+)
 from cvtool.models.weights import state_dict_for
 from cvtool.registry import ModelSpec, get_spec, resolve_reference
 from cvtool.status import UsageError
@@ -28,7 +33,7 @@ SERVES: dict[str, tuple[str, ...]] = {
 
 
 def load_detector(model: str, weights: str, task: str, offline: bool = False,
-                  warn: Callable[[str], None] = _warn_on_stderr) -> LoadedModel:
+                  warn: Callable[[str], None] = warn_on_stderr) -> LoadedModel:
     """Resolve a registry `model` for `task` with `weights` default|none|PATH.
 
     Raises UsageError (unknown or unfitting model, unreadable file) or ResourceUnavailable
@@ -44,12 +49,14 @@ def load_detector(model: str, weights: str, task: str, offline: bool = False,
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
         module = build_detector(spec, len(categories))
-        return LoadedModel(spec.name, _ready(module), categories, default.transforms(), None)
+        return LoadedModel(
+            spec.name, ready_for_inference(module), categories, default.transforms(), None)
     path, state = state_dict_for(spec, weights, offline)
     module = build_detector(spec, len(categories))
     freeze_batch_norms(module, state)
-    _load_exactly(module, state, f"weights file {path}", spec.name)
-    return LoadedModel(spec.name, _ready(module), categories, default.transforms(), str(path))
+    load_exactly(module, state, f"weights file {path}", spec.name)
+    return LoadedModel(
+        spec.name, ready_for_inference(module), categories, default.transforms(), str(path))
 
 
 def build_detector(spec: ModelSpec, num_classes: int) -> nn.Module:
