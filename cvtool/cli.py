@@ -190,7 +190,21 @@ app.add_typer(data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> None:
-    sys.exit(run_cli(argv))
+    status = run_cli(argv)
+    if status in (ExitStatus.INTERRUPTED, ExitStatus.BROKEN_PIPE):
+        # Reader and decoding threads may still be blocked (stdin, a pipe); finalising the
+        # interpreter around them can abort the process. Every record is already flushed.
+        _flush_quietly()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _flush_quietly() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
 
 
 def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> int:
