@@ -171,8 +171,8 @@ def test_resume_after_kill_9_loses_and_repeats_no_epoch(tmp_path):
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    done = len(_history(killed))
-    assert 1 <= done < 6, "the run finished before it could be killed"
+    # metrics.jsonl follows the committed state; a kill between the two leaves it one behind.
+    assert len(_history(killed)) < 6, "the run finished before it could be killed"
     threads = torch.get_num_threads()  # --threads 1 applies to this process from here on
     resumed = _summary(cvtool("train", "classify", "--resume", killed, "--device", "cpu",
                               "--threads", "1", "-q"))

@@ -50,7 +50,7 @@ def load_classifier(model: str, weights: str = "default", offline: bool = False,
     Raises UsageError (unknown model, unfitting or unreadable file) or ResourceUnavailable
     (default weights not cached and offline, or the download failed).
     """
-    if _looks_like_path(model):
+    if looks_like_path(model):
         return _checkpoint_classifier(Path(model), model, weights)
     spec = get_spec(model)
     if spec.task != "classify":
@@ -80,7 +80,7 @@ def classification_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
     return transforms
 
 
-def _looks_like_path(model: str) -> bool:
+def looks_like_path(model: str) -> bool:
     return (Path(model).exists() or model.endswith((".safetensors", ".json"))
             or any(separator in model for separator in ("/", "\\")))
 

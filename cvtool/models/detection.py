@@ -10,11 +10,14 @@ masks back to the input's own pixels.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
 from cvtool.models.classification import (
     LoadedModel,
     load_exactly,
+    looks_like_path,
     ready_for_inference,
     warn_on_stderr,
 )
@@ -34,12 +37,17 @@ SERVES: dict[str, tuple[str, ...]] = {
 
 def load_detector(model: str, weights: str, task: str, offline: bool = False,
                   warn: Callable[[str], None] = warn_on_stderr) -> LoadedModel:
-    """Resolve a registry `model` for `task` with `weights` default|none|PATH.
+    """Resolve `model` (registry name, cvtool checkpoint or run dir) for `task` with `weights`
+    default|none|PATH.
 
     Raises UsageError (unknown or unfitting model, unreadable file) or ResourceUnavailable
     (default weights not cached and offline, or the download failed).
     """
+    if looks_like_path(model):
+        return _checkpoint_detector(Path(model), model, weights, task)
     spec = get_spec(model)
+    if spec.task in SERVES[task] and spec.source == "house":
+        return _checkpoint_detector(spec.checkpoint_path, spec.name, weights, task)
     if spec.task not in SERVES[task] or spec.source != "torchvision":
         listing = " and ".join(f"`cvtool models {t}`" for t in SERVES[task])
         raise UsageError(f"{model} is a {spec.task} model, not one for {task}; {listing} "
@@ -57,6 +65,26 @@ def load_detector(model: str, weights: str, task: str, offline: bool = False,
     load_exactly(module, state, f"weights file {path}", spec.name)
     return LoadedModel(
         spec.name, ready_for_inference(module), categories, default.transforms(), str(path))
+
+
+def _checkpoint_detector(path: Path, name: str, weights: str, task: str) -> LoadedModel:
+    """A detector trained by `cvtool train detect|segment-instance`: it resizes and normalises
+    inside the model, so its input is the image as float in [0, 1], like torchvision's."""
+    from torchvision.transforms._presets import ObjectDetection
+
+    if weights != "default":
+        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
+                         f"carries its own weights")
+    tensors_path = resolve_checkpoint(path)
+    state, meta = load_checkpoint(tensors_path)
+    if meta.get("task") not in SERVES[task] or not isinstance(meta.get("classes"), list):
+        raise UsageError(f"{name} is a {meta.get('task')!r} checkpoint; {task} needs one of "
+                         f"{', '.join(SERVES[task])}")
+    module = build_architecture(meta)
+    freeze_batch_norms(module, state)
+    load_exactly(module, state, f"checkpoint {tensors_path}", name)
+    return LoadedModel(name, ready_for_inference(module), [str(c) for c in meta["classes"]],
+                       ObjectDetection(), str(tensors_path))
 
 
 def build_detector(spec: ModelSpec, num_classes: int) -> nn.Module:

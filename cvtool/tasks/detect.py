@@ -68,24 +68,30 @@ class Detector:
         return payloads
 
     def _detections(self, output: dict[str, torch.Tensor]) -> list[dict[str, Any]]:
-        keep = output["scores"] >= self.options.conf
-        if self.wanted is not None:
-            keep &= torch.isin(output["labels"], torch.tensor(sorted(self.wanted),
-                                                              device=keep.device))
-        scores = output["scores"][keep].double().cpu().tolist()
-        labels = output["labels"][keep].cpu().tolist()
-        boxes = output["boxes"][keep].double().cpu().tolist()
-        detections = [{"index": i, "label": self._label(i), "score": s, "box": b}
-                      for i, s, b in zip(labels, scores, boxes)]
-        if self.masks:
-            masks = (output["masks"][keep, 0] >= MASK_THRESHOLD).cpu().numpy()
-            for detection, mask in zip(detections, masks):
-                detection["mask"], detection["area"] = encode_mask(mask)
-        return detections
+        return detections_of(output, self.loaded.categories, self.options.conf, self.wanted,
+                             self.masks)
 
-    def _label(self, index: int) -> str:
-        categories = self.loaded.categories
-        return categories[index] if 0 <= index < len(categories) else f"class_{index}"
+
+def detections_of(output: dict[str, torch.Tensor], categories: Sequence[str], conf: float,
+                  wanted: set[int] | None, masks: bool) -> list[dict[str, Any]]:
+    """A torchvision detector's output for one image as the records' `detections` list."""
+    keep = output["scores"] >= conf
+    if wanted is not None:
+        keep &= torch.isin(output["labels"], torch.tensor(sorted(wanted), device=keep.device))
+    scores = output["scores"][keep].double().cpu().tolist()
+    labels = output["labels"][keep].cpu().tolist()
+    boxes = output["boxes"][keep].double().cpu().tolist()
+    detections = [{"index": i, "label": _label(categories, i), "score": s, "box": b}
+                  for i, s, b in zip(labels, scores, boxes)]
+    if masks:
+        planes = (output["masks"][keep, 0] >= MASK_THRESHOLD).cpu().numpy()
+        for detection, plane in zip(detections, planes):
+            detection["mask"], detection["area"] = encode_mask(plane)
+    return detections
+
+
+def _label(categories: Sequence[str], index: int) -> str:
+    return categories[index] if 0 <= index < len(categories) else f"class_{index}"
 
 
 def class_ids(classes: Sequence[str], categories: Sequence[str]) -> set[int] | None:

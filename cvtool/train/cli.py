@@ -100,3 +100,89 @@ def classify(
     from cvtool.train.run import train_classify
 
     finish(train_classify, env, config, run_dir, resume is not None, force, device, threads)
+
+
+CocoData = Annotated[Optional[str], typer.Option(
+    "--data", help="DIR with annotations/{train,val}.json (COCO) and images/ under it.",
+    show_default=False)]
+DetectorModel = Annotated[str, typer.Option(
+    "--model", "-m", help="small (plain-conv Mask/Faster R-CNN for CPUs) | a torchvision "
+    "detector (`cvtool models detect`, `cvtool models segment-instance`).")]
+DetectorWidth = Annotated[int, typer.Option(
+    help="small: channels at stride 4 (x2 at 8, x4 at 16, FPN x2).")]
+MinSize = Annotated[Optional[int], typer.Option(
+    help="Short side images are resized to [default: small 128, else the model's own].",
+    show_default=False)]
+MaxSize = Annotated[Optional[int], typer.Option(
+    help="Cap of the long side [default: small 213, else the model's own].", show_default=False)]
+DetectorLr = Annotated[Optional[float], typer.Option(
+    help="Learning rate [default: adam/rmsprop 0.002, others 0.02].", show_default=False)]
+WeightDecay = Annotated[float, typer.Option(help="Weight decay (adam becomes AdamW).")]
+DetectorSchedule = Annotated[str, typer.Option(help="constant | step | cosine (per epoch).")]
+Warmup = Annotated[int, typer.Option(help="Iterations of linear learning-rate warm-up.")]
+DetectorBatch = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
+DetectorAugment = Annotated[bool, typer.Option(
+    help="Horizontal flips and photometric jitter, boxes and masks moved with the pixels.")]
+VFlip = Annotated[bool, typer.Option(
+    "--vflip", help="Also flip vertically (top-down or synthetic scenes).")]
+
+
+def _train_detection(task: str, data: str | None, model: str, output: Path | None,
+                     resume: Path | None, force: bool, weights: str, width: int,
+                     min_size: int | None, max_size: int | None, optimizer: str,
+                     lr: float | None, weight_decay: float, schedule: str, warmup: int,
+                     epochs: int, batch_size: int, augment: bool, vflip: bool, seed: int,
+                     device: str, precision: str, threads: int | None, quiet: bool,
+                     debug: bool) -> None:
+    from cvtool.train.config import DetectionConfig
+
+    env = current(quiet, debug)
+    if resume is not None:
+        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
+    elif data is None or output is None:
+        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
+    else:
+        run_dir = output
+        config = DetectionConfig(
+            data=data, task=task, model=model, weights=weights, width=width,
+            min_size=min_size, max_size=max_size, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, schedule=schedule, warmup=warmup, epochs=epochs,
+            batch_size=batch_size, augment=augment, vflip=vflip, seed=seed,
+            precision=precision)
+    from cvtool.train.detection_run import train_detection
+
+    finish(train_detection, env, config, run_dir, resume is not None, force, device, threads)
+
+
+@train_app.command("detect")
+def detect(
+    data: CocoData = None, model: DetectorModel = "small", output: Output = None,
+    resume: Resume = None, force: Force = False, weights: Weights = "none",
+    width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
+    optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
+    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = 12,
+    batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
+    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
+    threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
+) -> None:
+    """Train a box detector on COCO data, scored by pycocotools each epoch."""
+    _train_detection("detect", data, model, output, resume, force, weights, width, min_size,
+                     max_size, optimizer, lr, weight_decay, schedule, warmup, epochs,
+                     batch_size, augment, vflip, seed, device, precision, threads, quiet, debug)
+
+
+@train_app.command("segment-instance")
+def segment_instance(
+    data: CocoData = None, model: DetectorModel = "small", output: Output = None,
+    resume: Resume = None, force: Force = False, weights: Weights = "none",
+    width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
+    optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
+    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = 12,
+    batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
+    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
+    threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
+) -> None:
+    """Train a Mask R-CNN on COCO data with masks, scored by pycocotools each epoch."""
+    _train_detection("segment-instance", data, model, output, resume, force, weights, width,
+                     min_size, max_size, optimizer, lr, weight_decay, schedule, warmup, epochs,
+                     batch_size, augment, vflip, seed, device, precision, threads, quiet, debug)

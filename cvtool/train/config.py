@@ -92,3 +92,71 @@ class ClassifyConfig:
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise UsageError(message)
+
+
+DETECTION_CHOICES: dict[str, tuple[str, ...]] = {
+    "task": ("detect", "segment-instance"),
+    "optimizer": CHOICES["optimizer"],
+    "schedule": CHOICES["schedule"],
+    "precision": PRECISIONS,
+}
+SMALL_DETECTOR = "small"
+
+
+@dataclass
+class DetectionConfig:
+    """`train detect` / `train segment-instance` (masks): COCO data, one detector."""
+
+    data: str
+    task: str = "segment-instance"
+    model: str = SMALL_DETECTOR  # small | a torchvision detection registry name
+    weights: str = "none"  # torchvision models: none | default (fine-tune) | PATH
+    width: int = 32  # small: channels at stride 4 (x2 at 8, x4 at 16)
+    min_size: int | None = None  # short side the model resizes to [small: 128; else its own]
+    max_size: int | None = None  # cap of the long side [small: 213; else its own]
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup: int = 100  # iterations of linear warm-up from lr / warmup
+    epochs: int = 12
+    batch_size: int = 8
+    augment: bool = True
+    vflip: bool = False
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name, valid in DETECTION_CHOICES.items():
+            if getattr(self, name) not in valid:
+                raise UsageError(f"invalid --{name.replace('_', '-')} {getattr(self, name)!r}; "
+                                 f"choose from {', '.join(valid)}")
+        _require(self.epochs >= 1 and self.batch_size >= 1 and self.width >= 2,
+                 "--epochs and --batch-size must be at least 1, --width at least 2")
+        _require(self.warmup >= 0 and self.weight_decay >= 0,
+                 "--warmup and --weight-decay must not be negative")
+        _require(self.lr is None or self.lr > 0, "--lr must be positive")
+        for name in ("min_size", "max_size"):
+            value = getattr(self, name)
+            _require(value is None or value >= 16, f"--{name.replace('_', '-')} {value}: "
+                     "expected at least 16 pixels")
+        _require(self.model != SMALL_DETECTOR or self.weights == "none",
+                 "--weights applies to torchvision detectors; --model small trains from scratch")
+
+    @property
+    def masks(self) -> bool:
+        return self.task == "segment-instance"
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.002 if self.optimizer in ("adam", "rmsprop") else 0.02
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> DetectionConfig:
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})

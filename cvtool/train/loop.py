@@ -56,8 +56,7 @@ class Trainer:
         self.optimizer = make_optimizer(settings.optimizer, trainable, settings.lr)
         # Only the training forward is compiled; evaluation runs the module as it is.
         self.forward = torch.compile(model) if settings.compile else model
-        self.scaler = torch.amp.GradScaler(
-            "cuda", enabled=device.type == "cuda" and settings.precision == "fp16")
+        self.scaler = grad_scaler(device, settings.precision)
 
     def objective(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Data loss plus lambda R(W): what the optimiser minimises."""
@@ -73,9 +72,9 @@ class Trainer:
             lr = self._set_lr(epoch - 1)
             train_loss, train_accuracy = self._train_epoch(self._loader(train, epoch), batch_done)
             evaluation = self.evaluate(self.model, val)
-            improved = evaluation.accuracy > state.best_val_accuracy
+            improved = evaluation.accuracy > state.best_score
             if improved:
-                state.best_epoch, state.best_val_accuracy = epoch, evaluation.accuracy
+                state.best_epoch, state.best_score = epoch, evaluation.accuracy
             state.epoch = epoch
             state.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
                                   "train_accuracy": train_accuracy, "val_loss": evaluation.loss,
@@ -87,8 +86,7 @@ class Trainer:
     def _set_lr(self, epoch: int) -> float:
         settings = self.settings
         lr = settings.lr * lr_factor(settings.schedule, epoch, settings.epochs)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        set_lr(self.optimizer, lr)
         return lr
 
     def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
@@ -105,10 +103,7 @@ class Trainer:
             with autocast(self.device, self.settings.precision):
                 scores = self.forward(images)
             loss = self.objective(scores, labels)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            optimizer_step(self.optimizer, self.scaler, loss)
             total_loss += loss.item() * len(labels)
             correct += int((scores.argmax(1) == labels).sum())
             seen += len(labels)
@@ -131,6 +126,25 @@ class Trainer:
         correct = sum(p == t for p, t in zip(predictions, labels))
         return Evaluation(total_loss / max(1, len(labels)), correct / max(1, len(labels)),
                           predictions, labels)
+
+
+def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
+    """Loss scaling where fp16 needs it (CUDA); a pass-through everywhere else."""
+    return torch.amp.GradScaler("cuda", enabled=device.type == "cuda" and precision == "fp16")
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                   loss: torch.Tensor) -> None:
+    """One update from `loss`, the same in every trainer."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def loop_settings(config: dict[str, Any]) -> LoopSettings:

@@ -58,16 +58,20 @@ def penalty(model: nn.Module, reg: str, strength: float) -> torch.Tensor | float
     raise ValueError(f"unknown regulariser {reg!r}; choose from {', '.join(REGULARISERS)}")
 
 
-def make_optimizer(name: str, parameters: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, parameters: list[nn.Parameter], lr: float,
+                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+    """`weight_decay` is torch's own (decoupled for adam, i.e. AdamW), on every parameter."""
     if name == "sgd":
-        return torch.optim.SGD(parameters, lr=lr)
+        return torch.optim.SGD(parameters, lr=lr, weight_decay=weight_decay)
     if name == "momentum":
-        return torch.optim.SGD(parameters, lr=lr, momentum=MOMENTUM)
+        return torch.optim.SGD(parameters, lr=lr, momentum=MOMENTUM, weight_decay=weight_decay)
     if name == "adagrad":
-        return torch.optim.Adagrad(parameters, lr=lr)
+        return torch.optim.Adagrad(parameters, lr=lr, weight_decay=weight_decay)
     if name == "rmsprop":
-        return torch.optim.RMSprop(parameters, lr=lr)
+        return torch.optim.RMSprop(parameters, lr=lr, weight_decay=weight_decay)
     if name == "adam":
+        if weight_decay:
+            return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
         return torch.optim.Adam(parameters, lr=lr)
     raise ValueError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
 
@@ -86,3 +90,8 @@ def lr_factor(schedule: str, epoch: int, epochs: int) -> float:
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * epoch / max(1, epochs)))
     raise ValueError(f"unknown schedule {schedule!r}; choose from {', '.join(SCHEDULES)}")
+
+
+def warmup_factor(step: int, warmup: int) -> float:
+    """Linear warm-up over the first `warmup` iterations (0-based `step`), then 1."""
+    return 1.0 if step >= warmup else (step + 1) / warmup

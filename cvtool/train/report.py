@@ -21,15 +21,20 @@ def confusion_matrix(labels: list[int], predictions: list[int],
     return matrix
 
 
-def write_curves(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """Train and val loss (left) and accuracy (right) per epoch."""
-    figure, (loss_axes, accuracy_axes) = _figure(1, 2, (10, 4))
+CLASSIFY_PANELS = (("loss", ("train_loss", "val_loss")),
+                   ("accuracy", ("train_accuracy", "val_accuracy")))
+
+
+def write_curves(run_dir: Path, history: list[dict[str, Any]],
+                 panels: tuple[tuple[str, tuple[str, ...]], ...] = CLASSIFY_PANELS) -> None:
+    """One panel per (y label, history keys) pair, each key a line over the epochs."""
+    figure, axes_row = _figure(1, len(panels), (5 * len(panels), 4))
     epochs = [row["epoch"] for row in history]
-    for split in ("train", "val"):
-        loss_axes.plot(epochs, [row[f"{split}_loss"] for row in history], marker=".", label=split)
-        accuracy_axes.plot(epochs, [row[f"{split}_accuracy"] for row in history], marker=".",
-                           label=split)
-    for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy")):
+    for axes, (name, keys) in zip(axes_row, panels):
+        for key in keys:
+            if all(key in row for row in history):
+                axes.plot(epochs, [row[key] for row in history], marker=".",
+                          label=key.replace("_", " "))
         axes.set_xlabel("epoch")
         axes.set_ylabel(name)
         axes.grid(alpha=0.3)

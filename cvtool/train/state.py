@@ -34,7 +34,7 @@ class TrainingState:
     epoch: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = 0
-    best_val_accuracy: float = -1.0
+    best_score: float = -1.0  # of the metric that picks the best checkpoint (val accuracy, mAP)
     extra: dict[str, Any] = field(default_factory=dict)  # the sanity report, kept for the summary
 
 
@@ -88,6 +88,7 @@ def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
     _restore_rng(tensors)
     fields = TrainingState.__dataclass_fields__
+    meta.setdefault("best_score", meta.get("best_val_accuracy", -1.0))  # its earlier name
     state = TrainingState(**{key: value for key, value in meta.items() if key in fields})
     write_metrics_lines(run_dir, state.history)
     return state
