@@ -85,25 +85,30 @@ class ArtifactWriter:
 
     def save(self, path: str, image: Image.Image, detections: list[dict[str, Any]]) -> None:
         relative = mirrored(path)
-        target = self.output / _annotated_name(relative)
-        if Path(os.path.abspath(target)) == Path(os.path.abspath(path)):
-            raise UsageError(f"--output {self.output} would overwrite the input {path}; "
-                             "choose another directory")
-        write_bytes(target, _encoded(draw_detections(image, detections), target.suffix))
+        target = self.output / image_name(relative)
+        refuse_overwriting_input(target, path, self.output)
+        write_bytes(target, encoded(draw_detections(image, detections), target.suffix))
         if self.save_crops:
             for number, detection in enumerate(detections):
                 name = f"{number:03d}_{_UNSAFE.sub('_', detection['label'])}.png"
                 cropped = crop(image, detection["box"])
-                write_bytes(self.output / "crops" / relative / name, _encoded(cropped, ".png"))
+                write_bytes(self.output / "crops" / relative / name, encoded(cropped, ".png"))
 
 
-def _annotated_name(relative: Path) -> Path:
+def refuse_overwriting_input(target: Path, path: str, output: Path) -> None:
+    if Path(os.path.abspath(target)) == Path(os.path.abspath(path)):
+        raise UsageError(f"--output {output} would overwrite the input {path}; "
+                         "choose another directory")
+
+
+def image_name(relative: Path) -> Path:
+    """An image artifact's name: the input's for JPEG and PNG, `.png` appended to others."""
     if relative.suffix.lower() in (".jpg", ".jpeg", ".png"):
         return relative
     return relative.with_name(relative.name + ".png")
 
 
-def _encoded(image: Image.Image, suffix: str) -> bytes:
+def encoded(image: Image.Image, suffix: str) -> bytes:
     buffer = io.BytesIO()
     if suffix.lower() in (".jpg", ".jpeg"):
         image.save(buffer, format="JPEG", quality=95)

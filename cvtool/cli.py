@@ -118,6 +118,7 @@ OneWeights = Annotated[str, typer.Option(
     help="default | none (random init) | PATH to a state dict.")]
 DEFAULT_DETECTORS = {"detect": "fasterrcnn_mobilenet_v3_large_fpn",
                      "segment-instance": "maskrcnn_resnet50_fpn"}
+DEFAULT_SEMANTIC = "deeplabv3_mobilenet_v3_large"
 
 
 def detect(
@@ -166,11 +167,58 @@ app.command("segment-instance", help="Segment object instances: detections with 
             )(detect)
 
 
+@app.command("segment-semantic")
+def segment_semantic(
+    sources: Sources = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Registry name (smp:ARCH takes --encoder), or a cvtool checkpoint "
+                              f"file / run directory  [default: {DEFAULT_SEMANTIC}]",
+        show_default=False)] = None,
+    encoder: Annotated[Optional[str], typer.Option(
+        help="Encoder of an smp:ARCH model: resnet34 (default), resnet18, mobilenet_v2, "
+             "efficientnet-b0, mit_b0, tu-<timm model>, ...", show_default=False)] = None,
+    weights: OneWeights = "default",
+    gt_masks: Annotated[Optional[Path], typer.Option(
+        help="Folder of ground-truth mask PNGs (pixel = class index), found for each input by "
+             "its path without extension.", show_default=False)] = None,
+    eval: Annotated[bool, typer.Option(
+        "--eval", help="Print mIoU, per-class IoU and pixel accuracy against --gt-masks on "
+                       "stderr (and into run.json).")] = False,
+    ignore_index: Annotated[int, typer.Option(
+        min=0, help="Ground-truth value left out of --eval.")] = 255,
+    device: Device = "auto",
+    precision: Precision = "fp32",
+    batch_size: BatchSize = 4,
+    workers: Workers = 2,
+    threads: Threads = None,
+    format: Format = None,
+    output: Output = None,
+    null: Null = False,
+    max_pixels: MaxPixels = None,
+    fail_fast: FailFast = False,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Segment images: a class for every pixel; mask PNGs and overlays under --output."""
+    from cvtool.commands import segment_semantic as run
+
+    env = current(quiet, debug)
+    finish(run, env, sources or [], model or DEFAULT_SEMANTIC, weights, encoder=encoder,
+           gt_masks=gt_masks, evaluate=eval, ignore_index=ignore_index, device=device,
+           precision=precision, batch_size=batch_size, workers=workers, threads=threads,
+           fmt=format, output=output, null=null, max_pixels=max_pixels, fail_fast=fail_fast,
+           seed=seed)
+
+
 @app.command()
 def models(
     args: Annotated[Optional[list[str]], typer.Argument(
         help="[TASK] to list, or: pull NAME", show_default=False,
         metavar="[TASK | pull NAME]")] = None,
+    encoder: Annotated[Optional[str], typer.Option(
+        help="With pull smp:ARCH: the encoder whose ImageNet weights to fetch  "
+             "[default: resnet34]", show_default=False)] = None,
     format: Format = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -179,7 +227,46 @@ def models(
     from cvtool.commands import models as run
 
     env = current(quiet, debug)
-    finish(run, env, args or [], fmt=format)
+    finish(run, env, args or [], fmt=format, encoder=encoder)
+
+
+@app.command()
+def generate(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Generative house model name, or a cvtool checkpoint file / run "
+                              "directory (PixelCNN, VAE or GAN).", show_default=False)] = None,
+    num: Annotated[int, typer.Option(
+        "--num", "-n", help="Images to sample (with --interpolate: paths).")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of every draw: same seed and device, "
+                                           "same bytes.")] = 0,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Directory for the PNGs and run.json (new or empty, unless "
+                               "--force).", show_default=False)] = None,
+    grid: Annotated[Optional[Path], typer.Option(
+        help="Also write the images as one grid PNG here.", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="PixelCNN: divide the logits by T (below 1: safer, above: more varied)  "
+             "[default: 1]", show_default=False)] = None,
+    interpolate: Annotated[bool, typer.Option(
+        "--interpolate", help="VAE and GAN: --steps images along the line between two latent "
+                              "draws, per path.")] = False,
+    steps: Annotated[Optional[int], typer.Option(
+        help="Images per interpolation path, both ends included  [default: 8]",
+        show_default=False)] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
+    threads: Threads = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty --output.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Sample images from a PixelCNN, VAE or GAN: PNGs, a grid, a JSON summary on stdout."""
+    from cvtool.commands import generate as run
+
+    env = current(quiet, debug)
+    finish(run, env, model, num=num, seed=seed, output=output, grid=grid,
+           temperature=temperature, interpolate=interpolate, steps=steps, device=device,
+           batch_size=batch_size, threads=threads, force=force)
 
 
 app.command("benchmark-device")(benchmark_device)

@@ -94,13 +94,16 @@ def _summarise(env: Environment, tally: Any) -> None:
             f"({counts['inputs_per_second'] or 0:.1f}/s)")
 
 
-def models(env: Environment, args: list[str], fmt: str | None) -> int:
+def models(env: Environment, args: list[str], fmt: str | None,
+           encoder: str | None = None) -> int:
     from cvtool import registry
 
     if args[:1] == ["pull"]:
         if len(args) != 2:
-            raise UsageError("usage: cvtool models pull NAME")
-        return _pull(env, registry.get_spec(args[1]))
+            raise UsageError("usage: cvtool models pull NAME [--encoder ENCODER]")
+        return _pull(env, registry.get_spec(args[1]), encoder)
+    if encoder is not None:
+        raise UsageError("--encoder goes with `cvtool models pull smp:<arch>`")
     if len(args) > 1:
         raise UsageError("usage: cvtool models [TASK] | cvtool models pull NAME")
     task = args[0] if args else None
@@ -113,10 +116,12 @@ def models(env: Environment, args: list[str], fmt: str | None) -> int:
     return ExitStatus.SUCCESS
 
 
-def _pull(env: Environment, spec: Any) -> int:
+def _pull(env: Environment, spec: Any, encoder: str | None) -> int:
     from cvtool.models.weights import pull
 
-    path = pull(spec, offline=env.offline)
+    if encoder is not None and spec.source != "smp":
+        raise UsageError(f"--encoder applies to smp:<arch> models only, not to {spec.name}")
+    path = pull(spec, offline=env.offline, encoder=encoder)
     env.log(f"{spec.name}: weights cached at {path}")
     print(path, file=env.stdout, flush=True)
     return ExitStatus.SUCCESS
@@ -182,3 +187,92 @@ def _evaluate(env: Environment, task_name: str, ground_truth: dict[str, Any],
             env.warn("--gt annotations lack \"segmentation\": mask metrics are left out")
     return coco.evaluate(ground_truth, collector.results, collector.image_ids, iou_types,
                          env.stderr)
+
+
+def generate(env: Environment, model: str | None, *, num: int, seed: int, output: Path | None,
+             grid: Path | None, temperature: float | None, interpolate: bool, steps: int | None,
+             device: str, batch_size: int, threads: int | None, force: bool) -> int:
+    """Samples (or interpolations) as PNGs, a grid, run.json, and one JSON summary on stdout."""
+    check_generate_options(model=model, num=num, output=output, grid=grid, temperature=temperature,
+                           interpolate=interpolate, steps=steps, batch_size=batch_size,
+                           force=force)
+    import json
+
+    from cvtool.runner import Tally, run_info, write_run_json
+    from cvtool.tasks import generate as task
+
+    options = task.GenerateOptions(model=model, num=num, seed=seed, output=output, grid=grid,
+                                   temperature=temperature, interpolate=interpolate,
+                                   steps=steps or 8, batch_size=batch_size)
+    loaded = task.load(options)
+    target, settings = prepare_device(env, device, "fp32", threads, seed)
+    tally = Tally()
+    images = task.generate(env, loaded, options, target)
+    task.write_images(images, options)
+    tally.total = len(images)
+    settings.update(task.settings(options))
+    if output is not None:
+        write_run_json(output, run_info(task.TASK, [task.model_info(loaded)], settings, tally))
+    summary = task.summary(loaded, options, len(images), settings["device"], tally.seconds)
+    print(json.dumps(summary), file=env.stdout, flush=True)
+    return ExitStatus.SUCCESS
+
+
+def check_generate_options(*, model: str | None, num: int, output: Path | None, grid: Path | None,
+                           temperature: float | None, interpolate: bool, steps: int | None,
+                           batch_size: int, force: bool) -> None:
+    """The checks that need no model: each failure is one line and exit 2."""
+    problems = [(model is None, "--model is required: a generative house model name "
+                                "(`cvtool models generate`), checkpoint or run directory"),
+                (num < 1, f"--num must be at least 1, not {num}"),
+                (batch_size < 1, f"--batch-size must be at least 1, not {batch_size}"),
+                (temperature is not None and not temperature > 0,
+                 f"--temperature must be above 0, not {temperature}"),
+                (steps is not None and not interpolate, "--steps needs --interpolate"),
+                (steps is not None and steps < 2, f"--steps must be at least 2, not {steps}"),
+                (output is None and grid is None,
+                 "nothing to write: give --output DIR and/or --grid FILE"),
+                (grid is not None and grid.suffix.lower() != ".png",
+                 f"--grid {grid} must end in .png"),
+                (grid is not None and grid.is_dir(), f"--grid {grid} is a directory")]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
+    check_output_dir(output)
+    if output is not None and output.is_dir() and any(output.iterdir()) and not force:
+        raise UsageError(f"--output {output} is not empty; use --force to write into it anyway")
+
+
+def segment_semantic(env: Environment, sources: list[str], model: str, weights: str, *,
+                     encoder: str | None, gt_masks: Path | None, evaluate: bool,
+                     ignore_index: int, device: str, precision: str, batch_size: int,
+                     workers: int, threads: int | None, fmt: str | None, output: Path | None,
+                     null: bool, max_pixels: int | None, fail_fast: bool, seed: int) -> int:
+    """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
+    fmt = resolve_format(env, fmt, RECORD_FORMATS)
+    check_inputs(sources, output)
+    if evaluate and gt_masks is None:
+        raise UsageError("--eval needs --gt-masks DIR to compare against")
+    if gt_masks is not None and not evaluate:
+        raise UsageError("--gt-masks is only read by --eval; add --eval")
+    from cvtool.runner import Tally, run_info, stream_records, write_run_json
+    from cvtool.tasks import segment_semantic as task
+    from cvtool.writers import make_writer
+
+    target, settings = prepare_device(env, device, precision, threads, seed)
+    options = task.SegmentOptions(
+        model=model, weights=weights, encoder=encoder, precision=precision,
+        batch_size=batch_size, workers=workers, fail_fast=fail_fast, max_pixels=max_pixels,
+        output=output, gt_masks=gt_masks, ignore_index=ignore_index)
+    loop, loaded, evaluation = task.build(options, target, env.offline, env.warn)
+    writer = make_writer(fmt, env.stdout, task.TASK, env.no_color)
+    tally = Tally()
+    stream_records(env, loop.run(read_sources(env, sources, null)), writer, tally)
+    settings.update(batch_size=batch_size, gt_masks=gt_masks and str(gt_masks))
+    if evaluation is not None:
+        settings["metrics"] = evaluation.report(env.stderr)
+    if output is not None:
+        info = {**_model_info(loaded), "encoder": loaded.encoder}
+        write_run_json(output, run_info(task.TASK, [info], settings, tally))
+    _summarise(env, tally)
+    return tally.status()

@@ -2,7 +2,8 @@
 
 Decoding and preprocessing run in a thread pool ahead of the model (Pillow and torch release
 the GIL), so the model never waits on JPEG decoding. Records come out in input order; a failed
-input becomes an error record in its place and the batch goes on.
+input becomes an error record in its place and the batch goes on. `infer` may fail single inputs
+too (say, a ground-truth file that does not fit) by returning an `InputError` as their payload.
 """
 
 from __future__ import annotations
@@ -40,13 +41,20 @@ class BatchLoop(Generic[T]):
     task: str
     model_name: str
     prepare: Callable[[Any], T]  # a decoded RGB PIL image -> model inputs
-    infer: Callable[[list[T], list[Prepared[T]]], list[dict[str, Any]]]  # payload per input
+    # a payload per input, or the InputError it failed with
+    infer: Callable[[list[T], list[Prepared[T]]], list[dict[str, Any] | InputError]]
     batch_size: int = 8
     workers: int = 2
     max_pixels: int | None = None
     fail_fast: bool = False
 
     def run(self, sources: Iterable[Source]) -> Iterator[Record]:
+        for record in self._records(sources):
+            yield record
+            if self.fail_fast and not record.ok:  # also an input that `infer` failed
+                return
+
+    def _records(self, sources: Iterable[Source]) -> Iterator[Record]:
         pending: list[Prepared[T]] = []
         for item in self._prepared(sources):
             if item is _IDLE:
@@ -69,8 +77,9 @@ class BatchLoop(Generic[T]):
         payloads = iter(infer_in_halves(self.infer, ready) if ready else [])
         for item in pending:
             payload = next(payloads) if item.error is None else {}
+            error = payload if isinstance(payload, InputError) else item.error
             yield Record(path=item.path, task=self.task, model=self.model_name, width=item.width,
-                         height=item.height, error=item.error, payload=payload)
+                         height=item.height, error=error, payload={} if error else payload)
 
     def _prepared(self, sources: Iterable[Source]) -> Iterator[Prepared[T] | object]:
         """Prepared inputs in order, and `_IDLE` whenever the next one is not even queued yet."""
@@ -120,7 +129,7 @@ class BatchLoop(Generic[T]):
         return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
 
 
-def infer_in_halves(infer: Callable, ready: list[Prepared]) -> list[dict[str, Any]]:
+def infer_in_halves(infer: Callable, ready: list[Prepared]) -> list[dict[str, Any] | InputError]:
     """Run `infer`; on out-of-memory retry with smaller batches, down to one input."""
     import torch
 

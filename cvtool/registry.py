@@ -7,6 +7,8 @@ Sources:
 - "torchvision": torchvision's own builders and weights enums (downloaded into torch hub's cache).
 - "house": cvtool checkpoints trained by `cvtool train` and shipped inside the package, under
   `cvtool/house/`; `checkpoint` is their path relative to the package.
+- "smp": segmentation-models-pytorch architectures, named `smp:<arch>`; the encoder is chosen at
+  load time (`--encoder`), so `weights` is None and the default is the encoder's ImageNet weights.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from cvtool.status import UsageError
 
 TASKS = ("classify", "detect", "segment-semantic", "segment-instance", "generate")
-SOURCES = ("torchvision", "house")
+SOURCES = ("torchvision", "house", "smp")
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -143,6 +145,31 @@ _TORCHVISION_INSTANCE_SEGMENTERS: dict[str, str] = {
     "maskrcnn_resnet50_fpn_v2": "MaskRCNN_ResNet50_FPN_V2_Weights.COCO_V1",
 }
 
+# Semantic segmenters under torchvision.models.segmentation, completeness-tested like the others.
+_TORCHVISION_SEMANTIC_SEGMENTERS: dict[str, str] = {
+    "deeplabv3_mobilenet_v3_large": "DeepLabV3_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+    "deeplabv3_resnet101": "DeepLabV3_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
+    "deeplabv3_resnet50": "DeepLabV3_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
+    "fcn_resnet101": "FCN_ResNet101_Weights.COCO_WITH_VOC_LABELS_V1",
+    "fcn_resnet50": "FCN_ResNet50_Weights.COCO_WITH_VOC_LABELS_V1",
+    "lraspp_mobilenet_v3_large": "LRASPP_MobileNet_V3_Large_Weights.COCO_WITH_VOC_LABELS_V1",
+}
+# segmentation-models-pytorch: "smp:<key of smp.MODEL_ARCHITECTURES_MAPPING>" -> its class. DPT is
+# left out: it only takes ViT encoders at one fixed input size (tests/test_registry.py says so).
+_SMP_ARCHITECTURES: dict[str, str] = {
+    "deeplabv3": "DeepLabV3",
+    "deeplabv3plus": "DeepLabV3Plus",
+    "fpn": "FPN",
+    "linknet": "Linknet",
+    "manet": "MAnet",
+    "pan": "PAN",
+    "pspnet": "PSPNet",
+    "segformer": "Segformer",
+    "unet": "Unet",
+    "unetplusplus": "UnetPlusPlus",
+    "upernet": "UPerNet",
+}
+
 # Checkpoints produced by `cvtool train` and committed under cvtool/house/ join here, e.g.
 # ModelSpec("digits-cnn", "classify", "house", "<builder>", None, "house/digits-cnn.safetensors").
 _HOUSE_MODELS: tuple[ModelSpec, ...] = (
@@ -156,6 +183,12 @@ def _torchvision_specs(task: str, module: str, table: dict[str, str]) -> list[Mo
         ModelSpec(name, task, "torchvision", f"{module}:{name}", f"{module}:{weights}")
         for name, weights in table.items()
     ]
+
+
+def _smp_specs() -> list[ModelSpec]:
+    return [ModelSpec(f"smp:{name}", "segment-semantic", "smp",
+                      f"segmentation_models_pytorch:{architecture}", None)
+            for name, architecture in _SMP_ARCHITECTURES.items()]
 
 
 def _index(specs: list[ModelSpec]) -> dict[str, ModelSpec]:
@@ -179,6 +212,9 @@ _REGISTRY = _index([
     *_torchvision_specs("detect", "torchvision.models.detection", _TORCHVISION_DETECTORS),
     *_torchvision_specs("segment-instance", "torchvision.models.detection",
                         _TORCHVISION_INSTANCE_SEGMENTERS),
+    *_torchvision_specs("segment-semantic", "torchvision.models.segmentation",
+                        _TORCHVISION_SEMANTIC_SEGMENTERS),
+    *_smp_specs(),
     *_HOUSE_MODELS,
 ])
 

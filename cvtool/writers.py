@@ -26,6 +26,9 @@ CSV_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
     # Masks stay out of CSV (an RLE string per cell helps nobody): jsonl and coco carry them.
     "segment-instance": ("detections", ("rank", "index", "label", "score",
                                         "x1", "y1", "x2", "y2", "area")),
+    # One row per class present; mask_path is the record's own (empty without --output).
+    "segment-semantic": ("classes", ("rank", "index", "label", "pixels", "fraction",
+                                     "mask_path")),
 }
 TABLE_ITEMS = 5  # detections named per row of the table; jsonl and csv carry them all
 CSV_BASE = ("path", "ok", "task", "model", "width", "height")
@@ -64,8 +67,10 @@ class CsvWriter:
         if record.error is not None:
             self.writer.writerow({**base, "error_type": record.error.type,
                                   "error_message": record.error.message})
+        scalars = {key: value for key, value in record.payload.items()
+                   if not isinstance(value, (list, dict))}
         for rank, item in enumerate(record.payload.get(self.items_key, []), start=1):
-            flat = {**item, **dict(zip(("x1", "y1", "x2", "y2"), item.get("box", ())))}
+            flat = {**scalars, **item, **dict(zip(("x1", "y1", "x2", "y2"), item.get("box", ())))}
             row = {column: flat.get(column) for column in self.item_columns}
             self.writer.writerow({**base, **row, "rank": rank})
         self.stream.flush()
@@ -94,6 +99,11 @@ class TableWriter:
         if record.error is not None:
             return f"[red]error[/red] {record.error.type}: {record.error.message}"
         items = record.payload.get(self.items_key, [])
+        if self.items_key == "classes":  # semantic: the largest classes' share of the image
+            shown = ", ".join(f"{item['label']} {item['fraction']:.1%}"
+                              for item in items[:TABLE_ITEMS])
+            return shown + (f", +{len(items) - TABLE_ITEMS} more" if len(items) > TABLE_ITEMS
+                            else "")
         if self.items_key != "detections":
             return ", ".join(f"{item['label']} {item['score']:.3f}" for item in items)
         # Detections can be none or hundreds: the count, then the best few.

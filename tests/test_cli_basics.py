@@ -11,14 +11,15 @@ from PIL import Image
 
 from tests.clirun import ROOT, cvtool, cvtool_process
 
-COMMANDS = ["classify", "models", "benchmark-device"]
+COMMANDS = ["classify", "segment-semantic", "models", "benchmark-device"]
 
 
 def test_help_never_imports_torch():
     script = ("import sys\nfrom cvtool.cli import run_cli\n"
               f"for args in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
               "    assert run_cli(args) == 0, args\n"
-              "heavy = [m for m in ('torch', 'torchvision', 'PIL.Image') if m in sys.modules]\n"
+              "heavy = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch',"
+              " 'PIL.Image') if m in sys.modules]\n"
               "assert not heavy, heavy\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                           cwd=ROOT)

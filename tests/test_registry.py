@@ -43,6 +43,33 @@ def test_torchvision_detectors_match_installed_torchvision() -> None:
         assert (spec.task == "segment-instance") == name.startswith("maskrcnn")
 
 
+def test_torchvision_semantic_segmenters_match_installed_torchvision() -> None:
+    import torchvision.models
+    import torchvision.models.segmentation
+
+    ours = {spec.name: spec for spec in list_models("segment-semantic")
+            if spec.source == "torchvision"}
+    expected = torchvision.models.list_models(module=torchvision.models.segmentation)
+    assert sorted(ours) == sorted(expected)
+    for name, spec in ours.items():
+        default = torchvision.models.get_model_weights(name).DEFAULT
+        assert resolve_reference(spec.builder) is torchvision.models.get_model_builder(name)
+        assert resolve_reference(spec.weights) is default
+        assert default.meta["categories"][0] == "__background__"
+
+
+def test_smp_architectures_match_installed_smp() -> None:
+    import segmentation_models_pytorch as smp
+
+    ours = {spec.name: spec for spec in list_models("segment-semantic") if spec.source == "smp"}
+    # DPT takes only ViT encoders at one fixed input size: not offered with --encoder.
+    expected = {f"smp:{key}" for key in smp.MODEL_ARCHITECTURES_MAPPING} - {"smp:dpt"}
+    assert set(ours) == expected and len(ours) == 11
+    for name, spec in ours.items():
+        assert resolve_reference(spec.builder) is smp.MODEL_ARCHITECTURES_MAPPING[name[4:]]
+        assert spec.weights is None and spec.task == "segment-semantic"
+
+
 def test_house_entries_point_at_shipped_checkpoints() -> None:
     for spec in list_models():
         if spec.source == "house":

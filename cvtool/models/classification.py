@@ -113,20 +113,15 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
     import torch
 
     path, state = state_dict_for(spec, weights, offline)
-    # Built on the meta device: no time spent on a random init the file overwrites anyway.
     with torch.device("meta"):
         module = _build_torchvision(spec, default, state, len(categories))
-    num_classes = _fitting_num_classes(module, state, len(categories))
+    num_classes = fitting_num_classes(module, state, len(categories))
     if num_classes != len(categories):
         warn(f"{path} has {num_classes} classes, not the {len(categories)} of {default!r}: "
              f"labels are class_0..class_{num_classes - 1}")
-        with torch.device("meta"):
-            module = _build_torchvision(spec, default, state, num_classes)
         categories = [f"class_{index}" for index in range(num_classes)]
-    load_exactly(module, state, f"weights file {path}", spec.name)
-    if _has_meta_tensors(module):  # buffers outside the state dict still need real values
-        module = _build_torchvision(spec, default, state, num_classes)
-        load_exactly(module, state, f"weights file {path}", spec.name)
+    module = built_and_loaded(lambda: _build_torchvision(spec, default, state, num_classes),
+                              state, f"weights file {path}", spec.name)
     return LoadedModel(
         spec.name, ready_for_inference(module), categories, default.transforms(), str(path))
 
@@ -149,8 +144,8 @@ def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],
     return resolve_reference(spec.builder)(weights=None, **kwargs)
 
 
-def _fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classes: int) -> int:
-    """The file's class count when only the classifier's output size differs, else `num_classes`."""
+def fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classes: int) -> int:
+    """The file's class count when only the output layers' size differs, else `num_classes`."""
     expected = module.state_dict()
     if set(expected) != set(state):
         return num_classes
@@ -177,6 +172,24 @@ def load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name:
         module.load_state_dict(state, strict=True, assign=_has_meta_tensors(module))
     except (RuntimeError, ValueError) as error:
         raise UsageError(f"{source} does not fit {name}: {' '.join(str(error).split())}") from None
+
+
+def built_and_loaded(build: Callable[[], nn.Module], state: Mapping[str, Any], source: str,
+                     name: str) -> nn.Module:
+    """`build()`'s module holding `state`, loaded strictly.
+
+    Built on the meta device first: no time goes into a random init the state overwrites anyway.
+    Built again for real only when buffers outside the state dict still need values.
+    """
+    import torch
+
+    with torch.device("meta"):
+        module = build()
+    load_exactly(module, state, source, name)
+    if _has_meta_tensors(module):
+        module = build()
+        load_exactly(module, state, source, name)
+    return module
 
 
 def _has_meta_tensors(module: nn.Module) -> bool:

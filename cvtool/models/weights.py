@@ -51,18 +51,25 @@ def is_cached(spec: ModelSpec) -> bool:
 
 
 def describe(spec: ModelSpec) -> dict[str, Any]:
-    """The row `cvtool models` shows for `spec`."""
+    """The row `cvtool models` shows for `spec`; `cached` is None for smp models, whose default
+    weights depend on the encoder chosen when one is used."""
     return {
         "name": spec.name,
         "task": spec.task,
         "source": spec.source,
         "default_weights": _default_weights_label(spec),
-        "cached": is_cached(spec),
+        "cached": None if spec.source == "smp" else is_cached(spec),
     }
 
 
-def pull(spec: ModelSpec, offline: bool, progress: bool = True) -> Path:
-    """Make sure `spec`'s default weights are in the cache and return the cached file."""
+def pull(spec: ModelSpec, offline: bool, progress: bool = True,
+         encoder: str | None = None) -> Path:
+    """Make sure `spec`'s default weights are in the cache and return the cached file
+    (for smp models: the ImageNet weights of `encoder`, in the Hugging Face cache)."""
+    if spec.source == "smp":
+        from cvtool.models.segmentation import pull_encoder
+
+        return pull_encoder(spec, encoder, offline)
     path = local_weights_path(spec)
     if path is None:
         raise UsageError(f"{spec.name} has no default weights to pull")
@@ -144,6 +151,8 @@ def file_sha256(path: Path) -> str:
 def _default_weights_label(spec: ModelSpec) -> str | None:
     if spec.source == "house":
         return spec.checkpoint
+    if spec.source == "smp":
+        return "encoder: imagenet"
     return spec.weights.partition(":")[2] if spec.weights else None
 
 

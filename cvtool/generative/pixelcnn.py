@@ -1,0 +1,203 @@
+"""PixelCNN (van den Oord et al., 2016): an explicit likelihood, one subpixel at a time.
+
+p(x) = prod over pixels in raster order, and over channels R, G, B within a pixel, of a softmax
+over `levels` intensity levels. Masked convolutions keep every output from seeing its own
+subpixel or any later one: type A (first layer) hides the current pixel's own channel and the
+later ones, type B (all further layers) lets a channel see itself, as its features already only
+hold what it may see. For colour, each layer's feature maps are split into R, G and B groups, so
+R is predicted from earlier pixels, G also from this pixel's R, B also from its R and G (the
+paper's channel masks): the channels are modelled jointly, not independently.
+
+The layout: a 7x7 type-A convolution, `layers` residual blocks (1x1, 3x3, 1x1 type-B
+convolutions, ReLU, optional dropout) and two 1x1 type-B layers onto channels x levels logits.
+Like the paper's plain PixelCNN it has a blind spot (some pixels up and to the right are out of
+reach); it never looks ahead, which is what the likelihood needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+# Imported only when a model is built, trained or sampled, never by the CLI's start-up.
+import torch  # noqa: TID253
+import torch.nn.functional as F  # noqa: TID253
+from torch import nn  # noqa: TID253
+
+from cvtool.generative.layers import (
+    check_channels_and_levels,
+    evaluating,
+    from_levels,
+    image_size_pair,
+    model_device,
+    to_levels,
+)
+
+Progress = Callable[[int, int], None]  # (subpixel steps done, total steps)
+
+
+def colour_groups(num_channels: int, colours: int) -> torch.Tensor:
+    """The colour each of a layer's channels belongs to: contiguous blocks, R first."""
+    return torch.arange(num_channels) * colours // num_channels
+
+
+def causal_mask(out_channels: int, in_channels: int, kernel_size: int, mask_type: str,
+                colours: int) -> torch.Tensor:
+    """1 where a weight may connect: rows above, the centre row left of centre, and at the
+    centre only earlier colours (A) or earlier and the same colour (B)."""
+    mask = torch.ones(out_channels, in_channels, kernel_size, kernel_size)
+    centre = kernel_size // 2
+    mask[:, :, centre, centre + 1:] = 0
+    mask[:, :, centre + 1:] = 0
+    out_group = colour_groups(out_channels, colours)[:, None]
+    in_group = colour_groups(in_channels, colours)[None, :]
+    allowed = out_group > in_group if mask_type == "A" else out_group >= in_group
+    mask[:, :, centre, centre] = allowed.float()
+    return mask
+
+
+class MaskedConv2d(nn.Conv2d):
+    """A same-size convolution whose weights are multiplied by `causal_mask` at every call."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
+                 colours: int = 1) -> None:
+        if mask_type not in ("A", "B") or kernel_size % 2 == 0:
+            raise ValueError(f"need mask type A or B and an odd kernel, not {mask_type!r}, "
+                             f"{kernel_size}")
+        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.mask_type = mask_type
+        # Not persistent: the mask follows from the constructor, checkpoints hold weights only.
+        self.register_buffer("mask", causal_mask(out_channels, in_channels, kernel_size,
+                                                 mask_type, colours), persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(inputs, self.weight * self.mask, self.bias)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, width: int, colours: int, dropout: float) -> None:
+        super().__init__()
+        half = width // 2
+        self.body = nn.Sequential(
+            nn.ReLU(), MaskedConv2d(width, half, 1, "B", colours),
+            nn.ReLU(), MaskedConv2d(half, half, 3, "B", colours),
+            nn.ReLU(), nn.Dropout(dropout), MaskedConv2d(half, width, 1, "B", colours))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return features + self.body(features)
+
+
+class PixelCNN(nn.Module):
+    family = "pixelcnn"
+
+    def __init__(self, channels: int, levels: int, image_size: tuple[int, int], width: int,
+                 layers: int, kernel_size: int, dropout: float) -> None:
+        super().__init__()
+        check_channels_and_levels(channels, levels)
+        if width < 2 * channels or layers < 0:
+            raise ValueError(f"width must be at least 2 x channels ({2 * channels}) and layers "
+                             f"at least 0, not {width}, {layers}")
+        self.channels, self.levels, self.image_size = channels, levels, image_size
+        self.input = MaskedConv2d(channels, width, kernel_size, "A", channels)
+        self.blocks = nn.Sequential(*(ResidualBlock(width, channels, dropout)
+                                      for _ in range(layers)))
+        self.output = nn.Sequential(
+            nn.ReLU(), MaskedConv2d(width, width, 1, "B", channels),
+            nn.ReLU(), MaskedConv2d(width, channels * levels, 1, "B", channels))
+
+    def forward(self, x_levels: torch.Tensor) -> torch.Tensor:
+        """Levels (N, C, H, W), long -> logits (N, C, levels, H, W)."""
+        return self.network(from_levels(x_levels, self.levels) * 2 - 1)
+
+    def network(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Float inputs in [-1, 1], (N, C, H, W) -> logits (N, C, levels, H, W); differentiable
+        in the inputs, which is how the masks are tested."""
+        logits = self.output(self.blocks(self.input(inputs)))
+        return logits.unflatten(1, (self.channels, self.levels))
+
+
+def pixelcnn(channels: int = 1, levels: int = 256, image_size: int | Sequence[int] = 8,
+             width: int = 64, layers: int = 5, kernel_size: int = 7,
+             dropout: float = 0.0) -> PixelCNN:
+    """The checkpoint builder (`cvtool.generative.pixelcnn:pixelcnn`); kwargs are JSON."""
+    size = image_size_pair(image_size)
+    model = PixelCNN(channels, levels, size, width, layers, kernel_size, dropout)
+    model.kwargs = {"channels": channels, "levels": levels, "image_size": list(size),
+                    "width": width, "layers": layers, "kernel_size": kernel_size,
+                    "dropout": dropout}
+    return model
+
+
+def nll(model: PixelCNN, x_levels: torch.Tensor) -> torch.Tensor:
+    """Negative log-likelihood of each image in nats, (N,), from its levels (N, C, H, W)."""
+    logits = model(x_levels).float()
+    per_subpixel = F.cross_entropy(logits.transpose(1, 2), x_levels, reduction="none")
+    return per_subpixel.flatten(1).sum(1)
+
+
+def bits_per_dim(model: PixelCNN, x_levels: torch.Tensor) -> torch.Tensor:
+    """NLL of each image in bits per subpixel (dimension), (N,)."""
+    return nll(model, x_levels) / (math.log(2) * x_levels[0].numel())
+
+
+def training_losses(model: PixelCNN, batch: torch.Tensor) -> dict[str, torch.Tensor]:
+    """One batch of float images in [0, 1], (N, C, H, W) on the model's device.
+
+    `loss` (to minimise) is the mean NLL in nats per dimension; `nll_bits_per_dim` the same in
+    bits, detached, for the report.
+    """
+    x_levels = to_levels(batch, model.levels)
+    per_dim = nll(model, x_levels) / x_levels[0].numel()
+    return {"loss": per_dim.mean(), "nll_bits_per_dim": per_dim.detach().mean() / math.log(2)}
+
+
+@torch.no_grad()
+def sample(model: PixelCNN, num: int, *, generator: torch.Generator | None = None,
+           temperature: float = 1.0, batch_size: int | None = None,
+           progress: Progress | None = None) -> torch.Tensor:
+    """`num` images in [0, 1], (num, C, H, W) on the CPU, drawn subpixel by subpixel.
+
+    Runs on the model's device in batches of `batch_size` (default: all at once). Each subpixel
+    is drawn by inverting its softmax(logits / temperature) CDF at a uniform number drawn up
+    front on the CPU from `generator`, so a seed gives the same images whatever the batch size.
+    `progress(done, total)` is called after every subpixel step of every batch.
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be above 0, not {temperature}")
+    height, width = model.image_size
+    uniforms = torch.rand(num, model.channels, height, width, generator=generator)
+    batches = uniforms.split(batch_size or max(1, num)) if num else ()
+    ticks = _Ticks(len(batches) * model.channels * height * width, progress)
+    with evaluating(model):
+        images = [_sample_batch(model, batch.to(model_device(model)), temperature, ticks)
+                  for batch in batches]
+    if not images:
+        return torch.zeros(0, model.channels, height, width)
+    return from_levels(torch.cat(images), model.levels)
+
+
+class _Ticks:
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+
+    def __call__(self) -> None:
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
+def _sample_batch(model: PixelCNN, uniforms: torch.Tensor, temperature: float,
+                  tick: Callable[[], None]) -> torch.Tensor:
+    """One batch's levels, filled in raster order and channel by channel, on the CPU."""
+    x_levels = torch.zeros(uniforms.shape, dtype=torch.long, device=uniforms.device)
+    _, channels, height, width = uniforms.shape
+    for row in range(height):
+        for column in range(width):
+            for channel in range(channels):
+                logits = model(x_levels)[:, channel, :, row, column].float() / temperature
+                cdf = logits.softmax(dim=1).cumsum(dim=1)
+                point = uniforms[:, channel, row, column, None].contiguous()
+                chosen = torch.searchsorted(cdf, point, right=True).clamp(max=model.levels - 1)
+                x_levels[:, channel, row, column] = chosen.squeeze(1)
+                tick()
+    return x_levels.cpu()

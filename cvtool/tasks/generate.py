@@ -1,0 +1,150 @@
+"""`cvtool generate`: samples or latent interpolations from a generative checkpoint, as PNGs.
+
+All randomness comes from one CPU generator seeded with `--seed` and drawn up front (latents,
+PixelCNN's uniforms), so the same seed on the same device writes byte-identical files, and the
+draws do not depend on `--batch-size`. Samples are `NNNNNN.png`; an interpolation writes
+`--num` paths of `--steps` images, `NNNNNN_SS.png`, path NNNNNN from one prior draw to another,
+and its grid has one path per row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from cvtool.context import Environment
+from cvtool.generative import gan, pixelcnn, vae
+from cvtool.generative.checkpoint import LoadedGenerative, load_generative
+from cvtool.generative.images import PNG_MODES, grid, to_uint8, write_png
+from cvtool.generative.layers import prior_latents
+from cvtool.status import UsageError
+
+TASK = "generate"
+LATENT_FAMILIES = {"vae": vae, "gan": gan}
+
+
+@dataclass
+class GenerateOptions:
+    model: str
+    num: int
+    seed: int = 0
+    output: Path | None = None
+    grid: Path | None = None
+    temperature: float | None = None  # PixelCNN only; None: 1
+    interpolate: bool = False
+    steps: int = 8
+    batch_size: int = 64
+
+
+def load(options: GenerateOptions) -> LoadedGenerative:
+    """The model, once its family is known to accept the options."""
+    loaded = load_generative(options.model)
+    if options.temperature is not None and loaded.family != "pixelcnn":
+        raise UsageError(f"--temperature applies to PixelCNN only; {loaded.name} is a "
+                         f"{loaded.family}")
+    if options.interpolate and loaded.family not in LATENT_FAMILIES:
+        raise UsageError(f"--interpolate needs a latent space (vae, gan); {loaded.name} is a "
+                         f"{loaded.family}")
+    if loaded.module.channels not in PNG_MODES:
+        raise UsageError(f"{loaded.name} makes {loaded.module.channels}-channel images; PNG "
+                         "files take 1 (grey) or 3 (RGB)")
+    return loaded
+
+
+def generate(env: Environment, loaded: LoadedGenerative, options: GenerateOptions,
+             device: torch.device) -> torch.Tensor:
+    """Float images in [0, 1], (N, C, H, W) on the CPU: N = num, or num x steps."""
+    module = loaded.module.to(device)
+    generator = torch.Generator().manual_seed(options.seed)
+    if options.interpolate:
+        family = LATENT_FAMILIES[loaded.family]
+        ends = prior_latents(2 * options.num, module.latent_dim, generator)
+        return family.interpolate(module, ends[:options.num], ends[options.num:],
+                                  options.steps, options.batch_size)
+    if loaded.family == "pixelcnn":
+        with SamplingProgress(env) as progress:
+            return pixelcnn.sample(module, options.num, generator=generator,
+                                   temperature=options.temperature or 1.0,
+                                   batch_size=options.batch_size, progress=progress.update)
+    return LATENT_FAMILIES[loaded.family].sample(module, options.num, generator=generator,
+                                                 batch_size=options.batch_size)
+
+
+def write_images(images: torch.Tensor, options: GenerateOptions) -> None:
+    """Each image under --output and the grid at --grid, every file atomically."""
+    pixels = to_uint8(images)
+    if options.output is not None:
+        for name, image in zip(file_names(options), pixels):
+            write_png(options.output / name, image)
+    if options.grid is not None:
+        write_png(options.grid, grid(pixels, options.steps if options.interpolate else None))
+
+
+def file_names(options: GenerateOptions) -> list[str]:
+    if not options.interpolate:
+        return [f"{index:06d}.png" for index in range(options.num)]
+    digits = max(2, len(str(options.steps - 1)))
+    return [f"{path:06d}_{step:0{digits}d}.png"
+            for path in range(options.num) for step in range(options.steps)]
+
+
+def settings(options: GenerateOptions) -> dict[str, Any]:
+    """What run.json records about the options."""
+    return {"num": options.num, "batch_size": options.batch_size,
+            "temperature": options.temperature, "interpolate": options.interpolate,
+            "steps": options.steps if options.interpolate else None,
+            "grid": options.grid and str(options.grid)}
+
+
+def summary(loaded: LoadedGenerative, options: GenerateOptions, images: int, device: str,
+            seconds: float) -> dict[str, Any]:
+    """The one JSON object printed on stdout."""
+    return {"task": TASK, "model": loaded.name, "family": loaded.family, "images": images,
+            "output": options.output and str(options.output),
+            "grid": options.grid and str(options.grid), "seed": options.seed,
+            "temperature": options.temperature, "interpolate": options.interpolate,
+            "steps": options.steps if options.interpolate else None, "device": device,
+            "seconds": round(seconds, 3)}
+
+
+def model_info(loaded: LoadedGenerative) -> dict[str, Any]:
+    return {"name": loaded.name, "family": loaded.family, "weights_file": loaded.weights_file,
+            "weights_sha256": loaded.weights_sha256, **loaded.meta["generative"]}
+
+
+class SamplingProgress:
+    """PixelCNN's subpixel-by-subpixel progress, on stderr, only at a terminal and not -q."""
+
+    def __init__(self, env: Environment) -> None:
+        self.env, self.progress, self.task = env, None, None
+        self.shown = not env.quiet and env.stderr_isatty
+
+    def __enter__(self) -> SamplingProgress:
+        if self.shown:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+            )
+
+            self.progress = Progress(TextColumn("sampling subpixels"), BarColumn(),
+                                     MofNCompleteColumn(), TimeRemainingColumn(),
+                                     console=self.env.console, transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("sampling", total=None)
+        return self
+
+    def update(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=done, total=total)
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        if self.progress is not None:
+            self.progress.stop()
