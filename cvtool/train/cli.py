@@ -186,3 +186,118 @@ def segment_instance(
     _train_detection("segment-instance", data, model, output, resume, force, weights, width,
                      min_size, max_size, optimizer, lr, weight_decay, schedule, warmup, epochs,
                      batch_size, augment, vflip, seed, device, precision, threads, quiet, debug)
+
+
+SemanticData = Annotated[Optional[str], typer.Option(
+    "--data", help="DIR with classes.txt and {train,val}/images, {train,val}/masks (class-index "
+    "PNGs, 255 = ignore).", show_default=False)]
+SemanticModel = Annotated[str, typer.Option(
+    "--model", "-m", help="smp:<arch> (`cvtool models segment-semantic`) or a torchvision "
+    "segmentation model.")]
+Encoder = Annotated[str, typer.Option(help="smp models: the encoder (smp's names or tu-<timm>).")]
+EncoderDepth = Annotated[int, typer.Option(help="smp models: encoder stages used, 3-5.")]
+DecoderChannels = Annotated[Optional[str], typer.Option(
+    help="smp Unet/Unet++/MAnet: decoder widths, one per stage, comma-separated "
+    "[default: smp's].", show_default=False)]
+SemanticWeights = Annotated[str, typer.Option(
+    help="none (from scratch) | default (ImageNet encoder / torchvision's) | PATH.")]
+SemanticLoss = Annotated[str, typer.Option(help="ce | dice | focal, or a sum such as ce+dice.")]
+SemanticLr = Annotated[Optional[float], typer.Option(
+    help="Learning rate [default: adam/rmsprop 0.001, others 0.01].", show_default=False)]
+SemanticAugment = Annotated[bool, typer.Option(
+    help="Horizontal flips (mask moved with the pixels) and photometric jitter.")]
+SemanticImageSize = Annotated[Optional[int], typer.Option(
+    help="Train on N x N resized images [default: the images' own size].", show_default=False)]
+
+
+@train_app.command("segment-semantic")
+def segment_semantic(
+    data: SemanticData = None, model: SemanticModel = "smp:unet", output: Output = None,
+    resume: Resume = None, force: Force = False, encoder: Encoder = "resnet18",
+    encoder_depth: EncoderDepth = 5, decoder_channels: DecoderChannels = None,
+    weights: SemanticWeights = "none", loss: SemanticLoss = "ce+dice",
+    optimizer: Optimizer = "adam", lr: SemanticLr = None, weight_decay: WeightDecay = 0.0,
+    schedule: DetectorSchedule = "cosine", warmup: Warmup = 50, epochs: Epochs = 20,
+    batch_size: DetectorBatch = 16, augment: SemanticAugment = True, vflip: VFlip = False,
+    image_size: SemanticImageSize = None, seed: Seed = 0, device: Device = "auto",
+    precision: Precision = "fp32", threads: Threads = None, quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a semantic segmenter on image/mask folders, scored by mIoU each epoch."""
+    from cvtool.train.config import SemanticConfig
+
+    env = current(quiet, debug)
+    if resume is not None:
+        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
+    elif data is None or output is None:
+        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
+    else:
+        run_dir = output
+        config = SemanticConfig(
+            data=data, model=model, encoder=encoder, encoder_depth=encoder_depth,
+            decoder_channels=_widths(decoder_channels), weights=weights, loss=loss,
+            optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+            warmup=warmup, epochs=epochs, batch_size=batch_size, augment=augment, vflip=vflip,
+            image_size=image_size, seed=seed, precision=precision)
+    from cvtool.train.semantic_run import train_semantic
+
+    finish(train_semantic, env, config, run_dir, resume is not None, force, device, threads)
+
+
+def _widths(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        return [int(part) for part in value.split(",")]
+    except ValueError:
+        raise UsageError(f"--decoder-channels {value!r}: expected integers such as "
+                         "64,32,16") from None
+
+
+GenerativeData = Annotated[Optional[str], typer.Option(
+    "--data", help="digits, or DIR with train/<class>/ (and val/<class>/) images.",
+    show_default=False)]
+GenerativeModel = Annotated[str, typer.Option("--model", "-m", help="pixelcnn | vae | gan")]
+GenerativeWidth = Annotated[int, typer.Option(help="Channels of the convolutions.")]
+Layers = Annotated[int, typer.Option(help="pixelcnn: residual blocks.")]
+LatentDim = Annotated[int, typer.Option(help="vae / gan: latent dimensions.")]
+Levels = Annotated[Optional[int], typer.Option(
+    help="pixelcnn / vae: intensity levels [default: digits 17, else 256].", show_default=False)]
+GenerativeLr = Annotated[Optional[float], typer.Option(
+    help="Learning rate [default: gan 0.0002, else 0.001].", show_default=False)]
+GenerativeWarmup = Annotated[int, typer.Option(help="Iterations of linear learning-rate warm-up.")]
+FidSamples = Annotated[int, typer.Option(
+    help="digits: samples scored by fid_digits after each epoch (the summary uses 1000).")]
+
+
+@train_app.command("generate")
+def generate(
+    data: GenerativeData = None, model: GenerativeModel = "pixelcnn", output: Output = None,
+    resume: Resume = None, force: Force = False, width: GenerativeWidth = 64,
+    layers: Layers = 5, latent_dim: LatentDim = 16, levels: Levels = None,
+    optimizer: Optimizer = "adam", lr: GenerativeLr = None, weight_decay: WeightDecay = 0.0,
+    schedule: DetectorSchedule = "cosine", warmup: GenerativeWarmup = 0, epochs: Epochs = 20,
+    batch_size: BatchSize = 64, image_size: ImageSize = None, val_split: ValSplit = 0.2,
+    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
+    fid_samples: FidSamples = 500, threads: Threads = None, quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a PixelCNN, VAE or GAN; samples, NLL / ELBO and (digits) FID each epoch."""
+    from cvtool.train.config import GenerateConfig
+
+    env = current(quiet, debug)
+    if resume is not None:
+        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
+    elif data is None or output is None:
+        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
+    else:
+        run_dir = output
+        config = GenerateConfig(
+            data=data, model=model, width=width, layers=layers, latent_dim=latent_dim,
+            levels=levels, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+            schedule=schedule, warmup=warmup, epochs=epochs, batch_size=batch_size,
+            image_size=image_size, val_split=val_split, seed=seed, precision=precision,
+            fid_samples=fid_samples)
+    from cvtool.train.generate_run import train_generate
+
+    finish(train_generate, env, config, run_dir, resume is not None, force, device, threads)

@@ -160,3 +160,126 @@ class DetectionConfig:
     def from_dict(cls, saved: dict[str, Any]) -> DetectionConfig:
         known = {field.name for field in fields(cls)}
         return cls(**{key: value for key, value in saved.items() if key in known})
+
+
+SEMANTIC_LOSS_TERMS = ("ce", "dice", "focal")
+
+
+@dataclass
+class SemanticConfig:
+    """`train segment-semantic`: image/mask folders, one smp or torchvision segmenter."""
+
+    data: str
+    model: str = "smp:unet"  # smp:<arch> | a torchvision segmentation registry name
+    encoder: str = "resnet18"  # smp models
+    encoder_depth: int = 5  # smp models: encoder stages used (3-5)
+    decoder_channels: list[int] | None = None  # smp Unet / Unet++ / MAnet, one per stage
+    weights: str = "none"  # none | default (ImageNet encoder / torchvision's) | PATH
+    loss: str = "ce+dice"  # ce, dice, focal, or a sum such as ce+dice
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup: int = 50
+    epochs: int = 20
+    batch_size: int = 16
+    augment: bool = True
+    vflip: bool = False
+    image_size: int | None = None
+    seed: int = 0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        for name, valid in (("optimizer", CHOICES["optimizer"]),
+                            ("schedule", CHOICES["schedule"]), ("precision", PRECISIONS)):
+            if getattr(self, name) not in valid:
+                raise UsageError(f"invalid --{name} {getattr(self, name)!r}; "
+                                 f"choose from {', '.join(valid)}")
+        terms = self.loss.split("+")
+        _require(all(term in SEMANTIC_LOSS_TERMS for term in terms)
+                 and len(set(terms)) == len(terms),
+                 f"invalid --loss {self.loss!r}; choose ce, dice, focal or a sum such as ce+dice")
+        _require(self.epochs >= 1 and self.batch_size >= 1,
+                 "--epochs and --batch-size must be at least 1")
+        _require(3 <= self.encoder_depth <= 5, "--encoder-depth must be 3, 4 or 5")
+        _require(self.decoder_channels is None
+                 or (len(self.decoder_channels) == self.encoder_depth
+                     and all(c >= 1 for c in self.decoder_channels)),
+                 "--decoder-channels needs one positive width per encoder stage "
+                 f"({self.encoder_depth}, comma-separated)")
+        _require(self.warmup >= 0 and self.weight_decay >= 0,
+                 "--warmup and --weight-decay must not be negative")
+        _require(self.lr is None or self.lr > 0, "--lr must be positive")
+        _require(self.image_size is None or self.image_size >= 8, "--image-size must be >= 8")
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.001 if self.optimizer in ("adam", "rmsprop") else 0.01
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> SemanticConfig:
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})
+
+
+GENERATIVE_FAMILIES = ("pixelcnn", "vae", "gan")
+
+
+@dataclass
+class GenerateConfig:
+    """`train generate`: digits or an image folder, one PixelCNN, VAE or GAN."""
+
+    data: str
+    model: str = "pixelcnn"  # pixelcnn | vae | gan
+    width: int = 64  # channels of the convolutions
+    layers: int = 5  # pixelcnn: residual blocks
+    latent_dim: int = 16  # vae / gan
+    levels: int | None = None  # intensity levels [digits 17, else 256]
+    optimizer: str = "adam"
+    lr: float | None = None
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup: int = 0
+    epochs: int = 20
+    batch_size: int = 64
+    image_size: int | None = None
+    val_split: float = 0.2
+    seed: int = 0
+    precision: str = "fp32"
+    fid_samples: int = 500  # digits: samples scored by fid_digits after each epoch
+
+    def __post_init__(self) -> None:
+        for name, valid in (("model", GENERATIVE_FAMILIES), ("optimizer", CHOICES["optimizer"]),
+                            ("schedule", CHOICES["schedule"]), ("precision", PRECISIONS)):
+            if getattr(self, name) not in valid:
+                raise UsageError(f"invalid --{name} {getattr(self, name)!r}; "
+                                 f"choose from {', '.join(valid)}")
+        _require(self.epochs >= 1 and self.batch_size >= 1 and self.width >= 1
+                 and self.layers >= 1 and self.latent_dim >= 1,
+                 "--epochs, --batch-size, --width, --layers and --latent-dim must be at least 1")
+        _require(self.levels is None or 2 <= self.levels <= 256, "--levels must be 2 to 256")
+        _require(0 < self.val_split < 1, f"--val-split {self.val_split}: expected 0 < S < 1")
+        _require(self.warmup >= 0 and self.weight_decay >= 0,
+                 "--warmup and --weight-decay must not be negative")
+        _require(self.lr is None or self.lr > 0, "--lr must be positive")
+        _require(self.fid_samples >= 2, "--fid-samples must be at least 2")
+        _require(self.image_size is None or self.image_size >= 4, "--image-size must be >= 4")
+
+    @property
+    def resolved_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.0002 if self.model == "gan" else 0.001
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> GenerateConfig:
+        known = {field.name for field in fields(cls)}
+        return cls(**{key: value for key, value in saved.items() if key in known})

@@ -158,9 +158,10 @@ def stratified_split(labels: list[int], val_split: float, seed: int) -> tuple[li
     return sorted(train.tolist()), sorted(val.tolist())
 
 
-def read_image_folder(root: Path, val_split: float,
-                      seed: int) -> tuple[list[Example], list[Example], list[str], str]:
-    """(train, val, classes, split) from DIR/train + DIR/val, or DIR/train or DIR split by class."""
+def read_image_folder(root: Path, val_split: float, seed: int, min_classes: int = 2
+                      ) -> tuple[list[Example], list[Example], list[str], str]:
+    """(train, val, classes, split) from DIR/train + DIR/val, or DIR/train or DIR split by class.
+    Generative training takes a single class (`min_classes=1`); classification needs two."""
     if not root.is_dir():
         raise UsageError(f"{root} is not a directory: expected 'digits' or a folder with "
                          f"train/<class>/ image folders")
@@ -169,7 +170,7 @@ def read_image_folder(root: Path, val_split: float,
         raise UsageError(f"{root} has a val folder but no train folder")
     train_dir = root / "train" if has_train else root
     classes = class_names(train_dir)
-    if len(classes) < 2:
+    if len(classes) < min_classes:
         raise UsageError(f"{train_dir} has only one class ({classes[0]!r}); "
                          f"classification needs at least two")
     train = read_classes(train_dir, classes)

@@ -6,6 +6,7 @@ augmentation) is part of the saved state, so a resumed run retraces an uninterru
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,8 @@ from torch import nn  # noqa: TID253
 from torch.utils.data import DataLoader, Dataset  # noqa: TID253
 
 from cvtool.device import autocast
-from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty
+from cvtool.status import UsageError
+from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty, warmup_factor
 from cvtool.train.state import TrainingState
 
 
@@ -150,3 +152,93 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 def loop_settings(config: dict[str, Any]) -> LoopSettings:
     """The loop's part of a run's config.json."""
     return LoopSettings(**{key: config[key] for key in LoopSettings.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class IterationSettings:
+    """What the iteration-level trainers (detection, segmentation, generative) share."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    warmup: int = 0  # iterations of linear warm-up
+    epochs: int = 10
+    batch_size: int = 8
+    seed: int = 0
+    precision: str = "fp32"
+
+
+class EpochTrainer:
+    """The epoch driver of the trainers that score on a val split after each epoch.
+
+    Subclasses say what a batch's losses are (`losses`: the "loss" entry is minimised, the others
+    are logged) and how the model scores (`evaluate`: named figures, `score_key` picks the best
+    epoch). The learning rate is a pure function of the iteration: warm-up times the per-epoch
+    schedule; each epoch shuffles with its own seeded generator, so a resumed run retraces an
+    uninterrupted one.
+    """
+
+    score_key = "score"
+
+    def __init__(self, model: nn.Module, settings: IterationSettings, device: torch.device,
+                 train_set: Dataset, collate_fn: Callable | None = None) -> None:
+        self.model, self.settings, self.device = model.to(device), settings, device
+        self.train_set, self.collate_fn = train_set, collate_fn
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(settings.optimizer, trainable, settings.lr,
+                                        settings.weight_decay)
+        self.scaler = grad_scaler(device, settings.precision)
+
+    def losses(self, batch: Any) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def evaluate(self, module: nn.Module) -> dict[str, float]:
+        raise NotImplementedError
+
+    def fit(self, state: TrainingState, epoch_done: EpochDone,
+            batch_done: Callable[[], None] = lambda: None) -> TrainingState:
+        for epoch in range(state.epoch + 1, self.settings.epochs + 1):
+            started = time.perf_counter()
+            losses = self._train_epoch(epoch, batch_done)
+            figures = self.evaluate(self.model)
+            improved = state.best_epoch == 0 or figures[self.score_key] > state.best_score
+            if improved:
+                state.best_epoch, state.best_score = epoch, figures[self.score_key]
+            state.epoch = epoch
+            state.history.append({"epoch": epoch, **losses, **figures,
+                                  "seconds": round(time.perf_counter() - started, 3)})
+            epoch_done(state, improved)
+        return state
+
+    def step(self, batch: Any) -> dict[str, float]:
+        """One optimisation step on `batch`; returns the losses as numbers."""
+        with autocast(self.device, self.settings.precision):
+            parts = self.losses(batch)
+        loss = parts["loss"].float()
+        if not math.isfinite(loss.item()):
+            raise UsageError(f"the training loss became {loss.item()}; lower --lr (now "
+                             f"{self.settings.lr}) or raise --warmup")
+        optimizer_step(self.optimizer, self.scaler, loss)
+        return {key: float(value.detach()) for key, value in parts.items()}
+
+    def _train_epoch(self, epoch: int, batch_done: Callable[[], None]) -> dict[str, float]:
+        settings = self.settings
+        generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
+        loader = DataLoader(self.train_set, batch_size=settings.batch_size, shuffle=True,
+                            generator=generator, collate_fn=self.collate_fn)
+        self.model.train()
+        totals: dict[str, float] = {}
+        first_step = (epoch - 1) * len(loader)
+        base = settings.lr * lr_factor(settings.schedule, epoch - 1, settings.epochs)
+        lr, seen = base, 0
+        for index, batch in enumerate(loader):
+            lr = base * warmup_factor(first_step + index, settings.warmup)
+            set_lr(self.optimizer, lr)
+            size = len(batch[0])
+            for key, value in self.step(batch).items():
+                name = "train_loss" if key == "loss" else key
+                totals[name] = totals.get(name, 0.0) + value * size
+            seen += size
+            batch_done()
+        return {"lr": lr, **{key: value / max(1, seen) for key, value in totals.items()}}

@@ -1,0 +1,115 @@
+"""cvtool segment-instance against a plain torchvision loop on the same checkpoint and images.
+
+Each run is a whole process (imports, model load, decoding, forward, masks to RLE, output), as
+users pay it. Images: fresh 128x128 shapes scenes (seed 99, never used for training). Prints
+images/s end to end and for the loop alone (cvtool's run.json / the baseline's own timer), the
+ratios, and whether both found the same labels and boxes (to 1e-3 px) and identical masks.
+
+    python bench/detect_throughput.py [--model shapes-maskrcnn|RUN_DIR] [--images 200]
+                                      [--batch-size 8] [--repeats 3] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkpoint_of(model: str) -> Path:
+    sys.path.insert(0, str(ROOT))
+    from cvtool.checkpoint import resolve_checkpoint
+    from cvtool.registry import get_spec
+
+    path = Path(model)
+    return resolve_checkpoint(path if path.exists() else get_spec(model).checkpoint_path)
+
+
+def make_images(out: Path, count: int) -> None:
+    sys.path.insert(0, str(ROOT))
+    from PIL import Image
+
+    from cvtool.shapes import render
+
+    for index in range(count):
+        Image.fromarray(render(99, "val", index).pixels).save(out / f"{index:06d}.png")
+
+
+def timed(command: list[str], threads: int | None) -> tuple[float, str, str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return time.perf_counter() - started, done.stdout, done.stderr
+
+
+def run_plain(args, images: Path, checkpoint: Path) -> tuple[float, float, list]:
+    wall, out, err = timed([sys.executable, str(ROOT / "bench" / "plain_detect.py"),
+                            str(checkpoint), str(images), str(args.batch_size)], args.threads)
+    found = [(row["labels"], row["boxes"], row["counts"])
+             for row in map(json.loads, out.splitlines())]
+    return wall, float(err.strip().splitlines()[-1]), found
+
+
+def run_cvtool(args, images: Path) -> tuple[float, float, list]:
+    with tempfile.TemporaryDirectory() as out_dir:
+        wall, out, _ = timed([sys.executable, "-m", "cvtool", "segment-instance", str(images),
+                              "-q", "-m", args.model, "-b", str(args.batch_size), "--conf", "0.5",
+                              "--device", "cpu", "--format", "jsonl", "-o", out_dir,
+                              *(["--threads", str(args.threads)] if args.threads else [])],
+                             args.threads)
+        loop = json.loads((Path(out_dir) / "run.json").read_text())["counts"]["seconds"]
+    found = []
+    for record in map(json.loads, out.splitlines()):
+        detections = record["detections"]
+        found.append(([d["index"] for d in detections], [d["box"] for d in detections],
+                      [d["mask"]["counts"] for d in detections]))
+    return wall, loop, found
+
+
+def same(a: tuple, b: tuple) -> bool:
+    labels, boxes, masks = a
+    return (labels == b[0] and masks == b[2] and len(boxes) == len(b[1])
+            and all(abs(x - y) < 1e-3 for p, q in zip(boxes, b[1]) for x, y in zip(p, q)))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="shapes-maskrcnn")
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads for both")
+    args = parser.parse_args()
+    checkpoint = checkpoint_of(args.model)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = Path(tmp)
+        make_images(images, args.images)
+        runs: dict[str, list] = {"plain torchvision": [], "cvtool": []}
+        for _ in range(args.repeats):  # alternated, so drift hits both alike
+            runs["plain torchvision"].append(run_plain(args, images, checkpoint))
+            runs["cvtool"].append(run_cvtool(args, images))
+    n, base = args.images, "plain torchvision"
+    wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
+    agree = sum(same(a, b) for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
+    print(f"{args.model}, {n} images 128x128, batch {args.batch_size}, median of {args.repeats} "
+          f"alternating processes each, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+    print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
+          f"{'ratio (loop)':>14}")
+    for name in runs:
+        print(f"{name:<18}{n / wall[name]:>16.2f}{n / loop[name]:>14.2f}"
+              f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}")
+    print(f"images with identical labels, boxes and masks: {agree:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The run-directory side every EpochTrainer run shares: config, resume, checkpoints, summary.
+
+A run directory holds config.json, last.* and best.* cvtool checkpoints (safetensors + JSON),
+state/ (the resumable state of the newest committed epoch), metrics.jsonl, metrics.json and
+curves.png. Task modules (detection_run, semantic_run, ...) build the data, model and trainer and
+hand them here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Protocol
+
+from cvtool.checkpoint import save_checkpoint
+from cvtool.context import Environment
+from cvtool.runner import versions
+from cvtool.status import ExitStatus
+from cvtool.train.loop import EpochTrainer
+from cvtool.train.progress import EpochProgress
+from cvtool.train.report import write_curves
+from cvtool.train.state import (
+    CONFIG,
+    TrainingState,
+    load_state,
+    prepare_run_dir,
+    save_state,
+    write_metrics_lines,
+)
+from cvtool.writers import write_json
+
+
+class Config(Protocol):
+    epochs: int
+    batch_size: int
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def open_run(run_dir: Path, resume: bool, force: bool, config: Any, config_type: type) -> Any:
+    """Check `run_dir` for a new or resumed run; a resumed run's config comes from its own
+    config.json, whatever the command line said."""
+    prepare_run_dir(run_dir, resume, force)
+    if resume:
+        return config_type.from_dict(json.loads((run_dir / CONFIG).read_text())["config"])
+    assert config is not None  # the CLI passes one for every new run
+    return config
+
+
+def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config: Config,
+                 meta: dict[str, Any], resume: bool, logged: list[str],
+                 introduction: str = "") -> TrainingState:
+    """Run (or continue) the epochs, committing each: last (and best) checkpoints, then the
+    state. `meta` is the checkpoint meta every epoch shares; `logged` the figures of the
+    per-epoch log line."""
+    state = load_state(run_dir, trainer.model, trainer.optimizer) if resume else TrainingState()
+    if state.epoch:
+        env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
+    else:  # a new run, or one killed before its first epoch was committed
+        write_json(run_dir / CONFIG, {**meta["training"], "architecture": meta["architecture"],
+                                      "command": sys.argv, "versions": versions()})
+        write_metrics_lines(run_dir, [])
+        if introduction:
+            env.log(introduction)
+
+    def epoch_done(state: TrainingState, improved: bool) -> None:
+        row = state.history[-1]
+        epoch_meta = {**meta, "training": {**meta["training"], "epoch": state.epoch,
+                                           "metrics": row}}
+        weights = trainer.model.state_dict()
+        save_checkpoint(run_dir / "last.safetensors", weights, epoch_meta)
+        if improved:
+            save_checkpoint(run_dir / "best.safetensors", weights, epoch_meta)
+        save_state(run_dir, state, trainer.model, trainer.optimizer)
+        figures = ", ".join(f"{key} {row[key]:.4f}" for key in logged)
+        env.log(f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}, "
+                f"{figures}")
+
+    with EpochProgress(env, config.epochs, state.epoch, len(trainer.train_set),
+                       config.batch_size) as bar:
+        return trainer.fit(state, epoch_done, bar.advance)
+
+
+def finish_run(env: Environment, run_dir: Path, state: TrainingState,
+               panels: tuple[tuple[str, tuple[str, ...]], ...], figures: list[str],
+               details: dict[str, Any]) -> ExitStatus:
+    """curves.png, and the summary (the best epoch's `figures` plus `details`) as metrics.json
+    and one JSON line on stdout."""
+    write_curves(run_dir, state.history, panels)
+    best = next(row for row in state.history if row["epoch"] == state.best_epoch)
+    summary = {"run_dir": str(run_dir), **{key: best[key] for key in figures},
+               "best_epoch": state.best_epoch, "epochs": state.epoch, **details,
+               "final_train_loss": state.history[-1]["train_loss"],
+               "train_seconds": round(sum(row["seconds"] for row in state.history), 3)}
+    write_json(run_dir / "metrics.json", summary)
+    env.stdout.write(json.dumps(summary) + "\n")
+    env.stdout.flush()
+    return ExitStatus.SUCCESS
+
+
+def parameters(module: Any) -> int:
+    return sum(p.numel() for p in module.parameters())
