@@ -6,8 +6,10 @@ an existing non-empty run directory without --resume or --force); 3 device absen
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -66,6 +68,24 @@ Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress 
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 
+def _launch(runner: str, make_config: Callable[[], Any], data: str | None, output: Path | None,
+            resume: Path | None, force: bool, device: str, threads: int | None, quiet: bool,
+            debug: bool) -> None:
+    """Every `train TASK`: a new run needs --data and --output (its settings from the options);
+    --resume RUN_DIR takes every setting from RUN_DIR/config.json. `runner` ("module:function")
+    is imported only now, so --help and option errors never import torch."""
+    env = current(quiet, debug)
+    if resume is not None:
+        run_dir, config = resume, None
+    elif data is None or output is None:
+        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
+    else:
+        run_dir, config = output, make_config()
+    module, function = runner.split(":")
+    train = getattr(importlib.import_module(module), function)
+    finish(train, env, config, run_dir, resume is not None, force, device, threads)
+
+
 @train_app.command("classify")
 def classify(
     data: Data = None, model: Model = "cnn", output: Output = None, resume: Resume = None,
@@ -83,23 +103,14 @@ def classify(
     """Train an image classifier: k-NN, linear SVM/softmax, MLP, CNN or a torchvision net."""
     from cvtool.train.config import ClassifyConfig
 
-    env = current(quiet, debug)
-    if resume is not None:
-        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
-    elif data is None or output is None:
-        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
-    else:
-        run_dir = output
-        config = ClassifyConfig(
-            data=data, model=model, loss=loss, depth=depth, width=width, activation=activation,
-            init=init, batch_norm=batch_norm, dropout=dropout, weights=weights,
-            optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
-            epochs=epochs, batch_size=batch_size, augment=augment, val_split=val_split,
-            image_size=image_size, seed=seed, precision=precision, compile=compile,
-            sanity=sanity, k=k, distance=distance, folds=folds)
-    from cvtool.train.run import train_classify
-
-    finish(train_classify, env, config, run_dir, resume is not None, force, device, threads)
+    _launch("cvtool.train.run:train_classify", lambda: ClassifyConfig(
+        data=data, model=model, loss=loss, depth=depth, width=width, activation=activation,
+        init=init, batch_norm=batch_norm, dropout=dropout, weights=weights,
+        optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
+        epochs=epochs, batch_size=batch_size, augment=augment, val_split=val_split,
+        image_size=image_size, seed=seed, precision=precision, compile=compile,
+        sanity=sanity, k=k, distance=distance, folds=folds),
+        data, output, resume, force, device, threads, quiet, debug)
 
 
 CocoData = Annotated[Optional[str], typer.Option(
@@ -136,22 +147,12 @@ def _train_detection(task: str, data: str | None, model: str, output: Path | Non
                      debug: bool) -> None:
     from cvtool.train.config import DetectionConfig
 
-    env = current(quiet, debug)
-    if resume is not None:
-        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
-    elif data is None or output is None:
-        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
-    else:
-        run_dir = output
-        config = DetectionConfig(
-            data=data, task=task, model=model, weights=weights, width=width,
-            min_size=min_size, max_size=max_size, optimizer=optimizer, lr=lr,
-            weight_decay=weight_decay, schedule=schedule, warmup=warmup, epochs=epochs,
-            batch_size=batch_size, augment=augment, vflip=vflip, seed=seed,
-            precision=precision)
-    from cvtool.train.detection_run import train_detection
-
-    finish(train_detection, env, config, run_dir, resume is not None, force, device, threads)
+    _launch("cvtool.train.detection_run:train_detection", lambda: DetectionConfig(
+        data=data, task=task, model=model, weights=weights, width=width, min_size=min_size,
+        max_size=max_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        schedule=schedule, warmup=warmup, epochs=epochs, batch_size=batch_size,
+        augment=augment, vflip=vflip, seed=seed, precision=precision),
+        data, output, resume, force, device, threads, quiet, debug)
 
 
 @train_app.command("detect")
@@ -226,22 +227,13 @@ def segment_semantic(
     """Train a semantic segmenter on image/mask folders, scored by mIoU each epoch."""
     from cvtool.train.config import SemanticConfig
 
-    env = current(quiet, debug)
-    if resume is not None:
-        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
-    elif data is None or output is None:
-        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
-    else:
-        run_dir = output
-        config = SemanticConfig(
-            data=data, model=model, encoder=encoder, encoder_depth=encoder_depth,
-            decoder_channels=_widths(decoder_channels), weights=weights, loss=loss,
-            optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
-            warmup=warmup, epochs=epochs, batch_size=batch_size, augment=augment, vflip=vflip,
-            image_size=image_size, seed=seed, precision=precision)
-    from cvtool.train.semantic_run import train_semantic
-
-    finish(train_semantic, env, config, run_dir, resume is not None, force, device, threads)
+    _launch("cvtool.train.semantic_run:train_semantic", lambda: SemanticConfig(
+        data=data, model=model, encoder=encoder, encoder_depth=encoder_depth,
+        decoder_channels=_widths(decoder_channels), weights=weights, loss=loss,
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
+        warmup=warmup, epochs=epochs, batch_size=batch_size, augment=augment, vflip=vflip,
+        image_size=image_size, seed=seed, precision=precision),
+        data, output, resume, force, device, threads, quiet, debug)
 
 
 def _widths(value: str | None) -> list[int] | None:
@@ -285,19 +277,10 @@ def generate(
     """Train a PixelCNN, VAE or GAN; samples, NLL / ELBO and (digits) FID each epoch."""
     from cvtool.train.config import GenerateConfig
 
-    env = current(quiet, debug)
-    if resume is not None:
-        run_dir, config = resume, None  # every setting comes from RUN_DIR/config.json
-    elif data is None or output is None:
-        raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
-    else:
-        run_dir = output
-        config = GenerateConfig(
-            data=data, model=model, width=width, layers=layers, latent_dim=latent_dim,
-            levels=levels, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-            schedule=schedule, warmup=warmup, epochs=epochs, batch_size=batch_size,
-            image_size=image_size, val_split=val_split, seed=seed, precision=precision,
-            fid_samples=fid_samples)
-    from cvtool.train.generate_run import train_generate
-
-    finish(train_generate, env, config, run_dir, resume is not None, force, device, threads)
+    _launch("cvtool.train.generate_run:train_generate", lambda: GenerateConfig(
+        data=data, model=model, width=width, layers=layers, latent_dim=latent_dim,
+        levels=levels, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        schedule=schedule, warmup=warmup, epochs=epochs, batch_size=batch_size,
+        image_size=image_size, val_split=val_split, seed=seed, precision=precision,
+        fid_samples=fid_samples),
+        data, output, resume, force, device, threads, quiet, debug)

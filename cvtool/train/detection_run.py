@@ -24,7 +24,7 @@ from torch import nn  # noqa: TID253
 from cvtool import coco
 from cvtool.checkpoint import build_architecture
 from cvtool.context import Environment
-from cvtool.device import autocast, precision_warning, resolve_device, seed_everything, set_threads
+from cvtool.device import autocast, seed_everything
 from cvtool.models.detection import freeze_batch_norms
 from cvtool.models.weights import state_dict_for
 from cvtool.registry import get_spec
@@ -38,7 +38,7 @@ from cvtool.train.detection_data import (
     load_detection_data,
 )
 from cvtool.train.loop import EpochTrainer, IterationSettings
-from cvtool.train.session import finish_run, open_run, parameters, train_epochs
+from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
 SMALL_BUILDER = "cvtool.models.small_detection:small_rcnn"
 EVAL_BATCH = 8
@@ -51,11 +51,8 @@ PANELS = (("loss", ("train_loss",)),
 def train_detection(env: Environment, config: DetectionConfig | None, run_dir: Path,
                     resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
     """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
-    target = resolve_device(device)
-    set_threads(threads)
-    config = open_run(run_dir, resume, force, config, DetectionConfig)
-    if warning := precision_warning(target, config.precision):
-        env.warn(warning)
+    config, target = start_run(env, run_dir, resume, force, config, DetectionConfig, device,
+                               threads)
     data = load_detection_data(config.data, config.masks, env.warn)
     seed_everything(config.seed)
     module, architecture = build_detection_model(config, data.classes, env)

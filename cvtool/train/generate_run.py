@@ -29,7 +29,7 @@ from torch import nn  # noqa: TID253
 
 from cvtool.checkpoint import build_architecture
 from cvtool.context import Environment
-from cvtool.device import autocast, precision_warning, resolve_device, seed_everything, set_threads
+from cvtool.device import autocast, seed_everything
 from cvtool.generative import gan, pixelcnn, vae
 from cvtool.generative.checkpoint import BUILDERS, describe
 from cvtool.generative.images import write_grid
@@ -37,7 +37,7 @@ from cvtool.status import ExitStatus, UsageError
 from cvtool.train.config import GenerateConfig
 from cvtool.train.data import DIGITS, digits_split, read_image_folder
 from cvtool.train.loop import EpochTrainer, IterationSettings, optimizer_step
-from cvtool.train.session import finish_run, open_run, parameters, train_epochs
+from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
 DIGIT_LEVELS = 17  # the digits' own 0..16
 GRID_SAMPLES = 64
@@ -62,11 +62,7 @@ class Images(torch.utils.data.Dataset):
 def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Path,
                    resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
     """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
-    target = resolve_device(device)
-    set_threads(threads)
-    config = open_run(run_dir, resume, force, config, GenerateConfig)
-    if warning := precision_warning(target, config.precision):
-        env.warn(warning)
+    config, target = start_run(env, run_dir, resume, force, config, GenerateConfig, device, threads)
     train, val, description = load_images(config)
     seed_everything(config.seed)
     channels, size = train.shape[1], list(train.shape[2:])

@@ -17,7 +17,7 @@ import torch  # noqa: TID253
 
 from cvtool.checkpoint import build_architecture, load_checkpoint, save_checkpoint
 from cvtool.context import Environment
-from cvtool.device import precision_warning, resolve_device, seed_everything, set_threads
+from cvtool.device import seed_everything
 from cvtool.models.small import fold_batch_norm
 from cvtool.runner import versions
 from cvtool.status import ExitStatus
@@ -28,11 +28,11 @@ from cvtool.train.data import ClassificationData, load_classification_data
 from cvtool.train.loop import Evaluation, Trainer, loop_settings
 from cvtool.train.progress import EpochProgress
 from cvtool.train.report import confusion_matrix, write_confusion, write_curves
+from cvtool.train.session import start_run
 from cvtool.train.state import (
     CONFIG,
     TrainingState,
     load_state,
-    prepare_run_dir,
     save_state,
     write_metrics_lines,
 )
@@ -44,14 +44,8 @@ SANITY_EXAMPLES = 128
 def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Path,
                    resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
     """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
-    target = resolve_device(device)
-    set_threads(threads)
-    prepare_run_dir(run_dir, resume, force)
-    if resume:
-        config = ClassifyConfig.from_dict(json.loads((run_dir / CONFIG).read_text())["config"])
-    assert config is not None  # the CLI passes one for every new run
-    if warning := precision_warning(target, config.precision):
-        env.warn(warning)
+    config, target = start_run(env, run_dir, resume, force, config, ClassifyConfig, device,
+                               threads)
     data = load_classification_data(config.data, val_split=config.val_split, seed=config.seed,
                                     image_size=config.image_size, augment=config.augment)
     if config.model == "knn":

@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader  # noqa: TID253
 from cvtool.checkpoint import build_architecture
 from cvtool.confusion import ConfusionMatrix
 from cvtool.context import Environment
-from cvtool.device import autocast, precision_warning, resolve_device, seed_everything, set_threads
+from cvtool.device import autocast, seed_everything
 from cvtool.registry import get_spec, resolve_reference
 from cvtool.status import ExitStatus, UsageError
 from cvtool.train.config import SemanticConfig
@@ -35,7 +35,7 @@ from cvtool.train.semantic_data import (
     SemanticDataset,
     load_semantic_data,
 )
-from cvtool.train.session import finish_run, open_run, parameters, train_epochs
+from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -46,11 +46,7 @@ PANELS = (("loss", ("train_loss",)), ("val", ("miou", "pixel_accuracy")))
 def train_semantic(env: Environment, config: SemanticConfig | None, run_dir: Path,
                    resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
     """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
-    target = resolve_device(device)
-    set_threads(threads)
-    config = open_run(run_dir, resume, force, config, SemanticConfig)
-    if warning := precision_warning(target, config.precision):
-        env.warn(warning)
+    config, target = start_run(env, run_dir, resume, force, config, SemanticConfig, device, threads)
     data = load_semantic_data(config.data, config.image_size, env.warn)
     seed_everything(config.seed)
     module, architecture, (mean, std) = build_semantic_model(config, len(data.classes), env)

@@ -38,14 +38,22 @@ class Config(Protocol):
     def to_dict(self) -> dict[str, Any]: ...
 
 
-def open_run(run_dir: Path, resume: bool, force: bool, config: Any, config_type: type) -> Any:
-    """Check `run_dir` for a new or resumed run; a resumed run's config comes from its own
+def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config: Any,
+              config_type: type, device: str, threads: int | None) -> tuple[Any, Any]:
+    """(config, torch device) of a new or resumed run in `run_dir`: the device must exist, the
+    directory be new or empty (or --force), and a resumed run's config comes from its own
     config.json, whatever the command line said."""
+    from cvtool.device import precision_warning, resolve_device, set_threads
+
+    target = resolve_device(device)
+    set_threads(threads)
     prepare_run_dir(run_dir, resume, force)
     if resume:
-        return config_type.from_dict(json.loads((run_dir / CONFIG).read_text())["config"])
+        config = config_type.from_dict(json.loads((run_dir / CONFIG).read_text())["config"])
     assert config is not None  # the CLI passes one for every new run
-    return config
+    if warning := precision_warning(target, config.precision):
+        env.warn(warning)
+    return config, target
 
 
 def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config: Config,
