@@ -222,3 +222,17 @@ def test_compile_trains_the_same_model(tmp_path):
     config = json.loads((tmp_path / "compiled" / "config.json").read_text())["config"]
     assert config["compile"] is True
     assert compiled["val_accuracy"] == pytest.approx(eager["val_accuracy"], abs=0.02)
+
+
+def test_resume_with_more_epochs_extends_the_run(tmp_path):
+    run = tmp_path / "run"
+    _summary(cvtool("train", "classify", *QUICK, "--model", "linear", "--epochs", "2",
+                    "--schedule", "cosine", "-o", run))
+    shrunk = cvtool("train", "classify", "--resume", run, "--epochs", "1", "-q")
+    assert shrunk.code == 2 and "only extend" in shrunk.stderr
+    extended = _summary(cvtool("train", "classify", "--resume", run, "--epochs", "4", "-q"))
+    assert extended["epochs"] == 4
+    assert [row["epoch"] for row in _history(run)] == [1, 2, 3, 4]
+    assert json.loads((run / "config.json").read_text())["config"]["epochs"] == 4
+    again = _summary(cvtool("train", "classify", "--resume", run, "-q"))  # nothing left to do
+    assert again["epochs"] == 4

@@ -48,7 +48,9 @@ Lr = Annotated[Optional[float], typer.Option(
 Reg = Annotated[str, typer.Option(help="none | l1 | l2 (on conv and linear weights).")]
 RegStrength = Annotated[float, typer.Option(help="lambda of --reg.")]
 Schedule = Annotated[str, typer.Option(help="constant | step | cosine (per epoch).")]
-Epochs = Annotated[int, typer.Option(min=1)]
+Epochs = Annotated[Optional[int], typer.Option(
+    min=1, show_default=False, help="Epochs [default: classify 10, detect and segment-instance "
+    "12, segment-semantic and generate 20]; with --resume, a larger count extends the run.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 Augment = Annotated[bool, typer.Option(
     help="Random resized crops and flips (image folders; not digits).")]
@@ -70,13 +72,14 @@ Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 
 def _launch(runner: str, make_config: Callable[[], Any], data: str | None, output: Path | None,
             resume: Path | None, force: bool, device: str, threads: int | None, quiet: bool,
-            debug: bool) -> None:
+            debug: bool, epochs: int | None = None) -> None:
     """Every `train TASK`: a new run needs --data and --output (its settings from the options);
-    --resume RUN_DIR takes every setting from RUN_DIR/config.json. `runner` ("module:function")
-    is imported only now, so --help and option errors never import torch."""
+    --resume RUN_DIR takes every setting from RUN_DIR/config.json, except that --epochs may
+    extend it. `runner` ("module:function") is imported only now, so --help and option errors
+    never import torch."""
     env = current(quiet, debug)
     if resume is not None:
-        run_dir, config = resume, None
+        run_dir, config = resume, ({"epochs": epochs} if epochs is not None else None)
     elif data is None or output is None:
         raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
     else:
@@ -93,7 +96,7 @@ def classify(
     activation: Activation = "relu", init: Init = "auto", batch_norm: BatchNorm = False,
     dropout: Dropout = 0.0, weights: Weights = "none", optimizer: Optimizer = "adam",
     lr: Lr = None, reg: Reg = "none", reg_strength: RegStrength = 0.0,
-    schedule: Schedule = "constant", epochs: Epochs = 10, batch_size: BatchSize = 64,
+    schedule: Schedule = "constant", epochs: Epochs = None, batch_size: BatchSize = 64,
     augment: Augment = False, val_split: ValSplit = 0.2, image_size: ImageSize = None,
     seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
     compile: Compile = False, sanity: Sanity = False, k: K = "auto",
@@ -107,10 +110,10 @@ def classify(
         data=data, model=model, loss=loss, depth=depth, width=width, activation=activation,
         init=init, batch_norm=batch_norm, dropout=dropout, weights=weights,
         optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
-        epochs=epochs, batch_size=batch_size, augment=augment, val_split=val_split,
+        epochs=epochs or 10, batch_size=batch_size, augment=augment, val_split=val_split,
         image_size=image_size, seed=seed, precision=precision, compile=compile,
         sanity=sanity, k=k, distance=distance, folds=folds),
-        data, output, resume, force, device, threads, quiet, debug)
+        data, output, resume, force, device, threads, quiet, debug, epochs)
 
 
 CocoData = Annotated[Optional[str], typer.Option(
@@ -142,7 +145,7 @@ def _train_detection(task: str, data: str | None, model: str, output: Path | Non
                      resume: Path | None, force: bool, weights: str, width: int,
                      min_size: int | None, max_size: int | None, optimizer: str,
                      lr: float | None, weight_decay: float, schedule: str, warmup: int,
-                     epochs: int, batch_size: int, augment: bool, vflip: bool, seed: int,
+                     epochs: int | None, batch_size: int, augment: bool, vflip: bool, seed: int,
                      device: str, precision: str, threads: int | None, quiet: bool,
                      debug: bool) -> None:
     from cvtool.train.config import DetectionConfig
@@ -150,9 +153,9 @@ def _train_detection(task: str, data: str | None, model: str, output: Path | Non
     _launch("cvtool.train.detection_run:train_detection", lambda: DetectionConfig(
         data=data, task=task, model=model, weights=weights, width=width, min_size=min_size,
         max_size=max_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, warmup=warmup, epochs=epochs, batch_size=batch_size,
+        schedule=schedule, warmup=warmup, epochs=epochs or 12, batch_size=batch_size,
         augment=augment, vflip=vflip, seed=seed, precision=precision),
-        data, output, resume, force, device, threads, quiet, debug)
+        data, output, resume, force, device, threads, quiet, debug, epochs)
 
 
 @train_app.command("detect")
@@ -161,7 +164,7 @@ def detect(
     resume: Resume = None, force: Force = False, weights: Weights = "none",
     width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
     optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
-    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = 12,
+    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
     batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
     seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
     threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
@@ -178,7 +181,7 @@ def segment_instance(
     resume: Resume = None, force: Force = False, weights: Weights = "none",
     width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
     optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
-    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = 12,
+    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
     batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
     seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
     threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
@@ -218,7 +221,7 @@ def segment_semantic(
     encoder_depth: EncoderDepth = 5, decoder_channels: DecoderChannels = None,
     weights: SemanticWeights = "none", loss: SemanticLoss = "ce+dice",
     optimizer: Optimizer = "adam", lr: SemanticLr = None, weight_decay: WeightDecay = 0.0,
-    schedule: DetectorSchedule = "cosine", warmup: Warmup = 50, epochs: Epochs = 20,
+    schedule: DetectorSchedule = "cosine", warmup: Warmup = 50, epochs: Epochs = None,
     batch_size: DetectorBatch = 16, augment: SemanticAugment = True, vflip: VFlip = False,
     image_size: SemanticImageSize = None, seed: Seed = 0, device: Device = "auto",
     precision: Precision = "fp32", threads: Threads = None, quiet: Quiet = False,
@@ -231,9 +234,9 @@ def segment_semantic(
         data=data, model=model, encoder=encoder, encoder_depth=encoder_depth,
         decoder_channels=_widths(decoder_channels), weights=weights, loss=loss,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
-        warmup=warmup, epochs=epochs, batch_size=batch_size, augment=augment, vflip=vflip,
+        warmup=warmup, epochs=epochs or 20, batch_size=batch_size, augment=augment, vflip=vflip,
         image_size=image_size, seed=seed, precision=precision),
-        data, output, resume, force, device, threads, quiet, debug)
+        data, output, resume, force, device, threads, quiet, debug, epochs)
 
 
 def _widths(value: str | None) -> list[int] | None:
@@ -268,7 +271,7 @@ def generate(
     resume: Resume = None, force: Force = False, width: GenerativeWidth = 64,
     layers: Layers = 5, latent_dim: LatentDim = 16, levels: Levels = None,
     optimizer: Optimizer = "adam", lr: GenerativeLr = None, weight_decay: WeightDecay = 0.0,
-    schedule: DetectorSchedule = "cosine", warmup: GenerativeWarmup = 0, epochs: Epochs = 20,
+    schedule: DetectorSchedule = "cosine", warmup: GenerativeWarmup = 0, epochs: Epochs = None,
     batch_size: BatchSize = 64, image_size: ImageSize = None, val_split: ValSplit = 0.2,
     seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
     fid_samples: FidSamples = 500, threads: Threads = None, quiet: Quiet = False,
@@ -280,7 +283,7 @@ def generate(
     _launch("cvtool.train.generate_run:train_generate", lambda: GenerateConfig(
         data=data, model=model, width=width, layers=layers, latent_dim=latent_dim,
         levels=levels, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, warmup=warmup, epochs=epochs, batch_size=batch_size,
+        schedule=schedule, warmup=warmup, epochs=epochs or 20, batch_size=batch_size,
         image_size=image_size, val_split=val_split, seed=seed, precision=precision,
         fid_samples=fid_samples),
-        data, output, resume, force, device, threads, quiet, debug)
+        data, output, resume, force, device, threads, quiet, debug, epochs)

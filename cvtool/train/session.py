@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from cvtool.checkpoint import save_checkpoint
 from cvtool.context import Environment
 from cvtool.runner import versions
-from cvtool.status import ExitStatus
+from cvtool.status import ExitStatus, UsageError
 from cvtool.train.loop import EpochTrainer
 from cvtool.train.progress import EpochProgress
 from cvtool.train.report import write_curves
@@ -49,11 +49,25 @@ def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config
     set_threads(threads)
     prepare_run_dir(run_dir, resume, force)
     if resume:
-        config = config_type.from_dict(json.loads((run_dir / CONFIG).read_text())["config"])
+        config = _resumed_config(run_dir, config_type, config)
     assert config is not None  # the CLI passes one for every new run
     if warning := precision_warning(target, config.precision):
         env.warn(warning)
     return config, target
+
+
+def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | None) -> Any:
+    """The run's own config; `changes` may only raise `epochs` (the schedule then spans the new
+    total from the next epoch on), which config.json keeps for later resumes."""
+    saved = json.loads((run_dir / CONFIG).read_text())
+    config = config_type.from_dict(saved["config"])
+    if changes and changes.get("epochs") not in (None, config.epochs):
+        if changes["epochs"] < config.epochs:
+            raise UsageError(f"--epochs {changes['epochs']} is below the {config.epochs} the "
+                             f"run in {run_dir} was started with; --resume can only extend it")
+        config.epochs = changes["epochs"]
+        write_json(run_dir / CONFIG, {**saved, "config": config.to_dict()})
+    return config
 
 
 def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config: Config,
