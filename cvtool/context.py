@@ -57,6 +57,24 @@ class Environment:
     def warn(self, message: str) -> None:
         self.console.print(f"warning: {message}", markup=False, style="yellow")
 
+    def progress_bar(self) -> Any:
+        """A started, transient rich bar (description, bar, done/total, time left) on stderr,
+        or None under --quiet or when stderr is not a terminal. The caller stops it."""
+        if self.quiet or not self.stderr_isatty:
+            return None
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=self.console, transient=True)
+        progress.start()
+        return progress
+
 
 _active: list[Environment] = []  # the Environment of each run in progress, innermost last
 

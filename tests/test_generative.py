@@ -3,6 +3,7 @@ sampling, `cvtool generate` end to end, and digits FID."""
 
 from __future__ import annotations
 
+import io
 import math
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from PIL import Image
 
 from cvtool import registry
 from cvtool.checkpoint import save_checkpoint
+from cvtool.cli import run_cli
+from cvtool.context import Environment
 from cvtool.generative import fid, gan, pixelcnn, vae
 from cvtool.generative.checkpoint import checkpoint_meta
 from tests.clirun import ROOT, cvtool
@@ -242,3 +245,17 @@ def test_fid_digits_is_zero_against_itself_and_far_above_the_floor_for_noise():
     floor = fid.real_floor(200, classifier=classifier)
     noise = torch.rand(200, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     assert 0 < floor < 0.2 * fid.fid_digits(noise, classifier=classifier)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_pixelcnn_sampling_shows_a_bar_on_a_terminal_only(run_dirs, tmp_path):
+    for stderr, shown in ((_Terminal(), True), (io.StringIO(), False)):
+        env = Environment(stdout=io.StringIO(), stderr=stderr)
+        code = run_cli(["generate", "-m", str(run_dirs["pixelcnn"]), "-n", "2", "--grid",
+                        str(tmp_path / f"grid_{shown}.png")], env)
+        assert code == 0
+        assert ("━" in stderr.getvalue()) == shown

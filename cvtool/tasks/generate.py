@@ -124,20 +124,9 @@ class SamplingProgress:
         self.shown = not env.quiet and env.stderr_isatty
 
     def __enter__(self) -> SamplingProgress:
-        if self.shown:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(TextColumn("sampling subpixels"), BarColumn(),
-                                     MofNCompleteColumn(), TimeRemainingColumn(),
-                                     console=self.env.console, transient=True)
-            self.progress.start()
-            self.task = self.progress.add_task("sampling", total=None)
+        self.progress = self.env.progress_bar() if self.shown else None
+        if self.progress is not None:
+            self.task = self.progress.add_task("sampling subpixels", total=None)
         return self
 
     def update(self, done: int, total: int) -> None:

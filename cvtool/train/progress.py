@@ -21,19 +21,8 @@ class EpochProgress:
         self.progress: Any = None
 
     def __enter__(self) -> EpochProgress:
-        if self.shown:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(TextColumn("{task.description}"), BarColumn(),
-                                     MofNCompleteColumn(), TimeRemainingColumn(),
-                                     console=self.env.console, transient=True)
-            self.progress.start()
+        self.progress = self.env.progress_bar() if self.shown else None
+        if self.progress is not None:
             self.task = self.progress.add_task(
                 self._description(), total=self.epochs * self.batches,
                 completed=self.done * self.batches)
