@@ -175,6 +175,12 @@ _SMP_ARCHITECTURES: dict[str, str] = {
 _HOUSE_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("digits-cnn", "classify", "house", "cvtool.models.small:cnn", None,
               "house/digits-cnn.safetensors"),
+    ModelSpec("digits-pixelcnn", "generate", "house", "cvtool.generative.pixelcnn:pixelcnn",
+              None, "house/digits-pixelcnn.safetensors"),
+    ModelSpec("digits-vae", "generate", "house", "cvtool.generative.vae:vae", None,
+              "house/digits-vae.safetensors"),
+    ModelSpec("digits-gan", "generate", "house", "cvtool.generative.gan:gan", None,
+              "house/digits-gan.safetensors"),
 )
 
 
