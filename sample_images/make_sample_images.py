@@ -6,6 +6,8 @@ photos/: colour photographs, longer side at most 640 px, JPEG quality 90.
 digits/: two examples per class from the validation part of cvtool's digits split (seed 0, the
 part `cvtool train classify --data digits` holds out), upscaled to 32x32 with nearest neighbour,
 grayscale PNG, named digit_<label>_<dataset index>.png. Origins and licences: SOURCES.md.
+shapes/: six scenes of cvtool's synthetic shapes dataset drawn with seed 2026, which no house
+model was trained or measured on (`cvtool data shapes` makes the same pixels).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ JPEG_QUALITY = 90
 DIGIT_SIZE = 32
 DIGITS_PER_CLASS = 2
 HELD_OUT_FRACTION = 0.2
+SHAPES_SEED = 2026
+SHAPES = 6
 
 
 def photo_loaders() -> dict[str, Callable[[], np.ndarray]]:
@@ -91,8 +95,21 @@ def write_digits(out_dir: Path) -> list[Path]:
     return written
 
 
+def write_shapes(out_dir: Path) -> list[Path]:
+    from cvtool.shapes import render
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for index in range(SHAPES):
+        path = out_dir / f"shapes_{index:02d}.png"
+        Image.fromarray(render(SHAPES_SEED, "val", index).pixels).save(path, "PNG")
+        written.append(path)
+    return written
+
+
 def main() -> None:
-    paths = write_photos(HERE / "photos") + write_digits(HERE / "digits")
+    paths = (write_photos(HERE / "photos") + write_digits(HERE / "digits")
+             + write_shapes(HERE / "shapes"))
     total = sum(path.stat().st_size for path in paths)
     print(f"wrote {len(paths)} files, {total / 1024:.0f} KiB, under {HERE}")
 
