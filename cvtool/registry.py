@@ -175,6 +175,9 @@ _SMP_ARCHITECTURES: dict[str, str] = {
 _HOUSE_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("digits-cnn", "classify", "house", "cvtool.models.small:cnn", None,
               "house/digits-cnn.safetensors"),
+    ModelSpec("shapes-maskrcnn", "segment-instance", "house",
+              "cvtool.models.small_detection:small_rcnn", None,
+              "house/shapes-maskrcnn.safetensors"),
     ModelSpec("shapes-unet", "segment-semantic", "house", "segmentation_models_pytorch:Unet",
               None, "house/shapes-unet.safetensors"),
     ModelSpec("digits-pixelcnn", "generate", "house", "cvtool.generative.pixelcnn:pixelcnn",

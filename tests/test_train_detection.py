@@ -75,7 +75,10 @@ def test_instance_run_writes_every_output(instance_run):
     assert [row["epoch"] for row in history] == [1, 2] and summary["epochs"] == 2
     assert {"train_loss", "loss_mask", "loss_classifier", "lr", "segm_map50"} <= set(history[0])
     best = history[summary["best_epoch"] - 1]
-    assert summary["segm_map"] == best["segm_map"] == max(row["segm_map"] for row in history)
+    assert summary["segm_map"] == best["segm_map"]
+    # The best epoch has the highest mean of bbox and segm mAP.
+    assert best["score"] == (best["bbox_map"] + best["segm_map"]) / 2
+    assert best["score"] == max(row["score"] for row in history)
     meta = json.loads((run / "best.json").read_text())
     assert meta["task"] == "segment-instance"
     assert meta["classes"] == ["__background__", "circle", "square", "triangle"]

@@ -1,9 +1,9 @@
 """`cvtool train detect` and `cvtool train segment-instance`: COCO data in, a detector's run out.
 
-Run directory: config.json; last.* and best.* cvtool checkpoints (best by val `segm_map` for
-segment-instance, `bbox_map` for detect), which `cvtool detect|segment-instance --model RUN_DIR`
-loads; state/ (resume); metrics.jsonl (per epoch: losses, lr, pycocotools AP figures);
-metrics.json; curves.png. The summary also goes to stdout as one JSON line.
+Run directory: config.json; last.* and best.* cvtool checkpoints (best by val `bbox_map` for
+detect, the mean of `bbox_map` and `segm_map` for segment-instance), which
+`cvtool detect|segment-instance --model RUN_DIR` loads; state/ (resume); metrics.jsonl (per
+epoch: losses, lr, pycocotools AP figures); metrics.json; curves.png. The summary also goes to stdout as one JSON line.
 
 The learning rate is a pure function of the iteration (linear warm-up, then the per-epoch
 schedule), the shuffling generator is seeded per epoch and the global RNG (augmentation) is in the
@@ -123,7 +123,9 @@ class DetectionTrainer(EpochTrainer):
         self.data, self.masks = data, config.masks
         self.iou_types = ("bbox", "segm") if config.masks else ("bbox",)
         self.figure_keys = [f"{kind}_{name}" for kind in self.iou_types for name in FIGURES]
-        self.score_key = "segm_map" if config.masks else "bbox_map"
+        # The best epoch: bbox mAP, and with masks the mean of bbox and segm mAP (segm alone
+        # can prefer an epoch whose boxes are clearly worse).
+        self.score_key = "score"
 
     def losses(self, batch: tuple[list, list]) -> dict[str, torch.Tensor]:
         """torchvision's five losses (four without masks) and their sum."""
@@ -152,8 +154,11 @@ class DetectionTrainer(EpochTrainer):
         ids = [sample.image_id for sample in split.samples]
         report = io.StringIO()  # pycocotools' table; the figures go to metrics.jsonl
         metrics = coco.evaluate(split.ground_truth, results, ids, self.iou_types, report)
-        return {f"{kind}_{name}": metrics[kind][stat]
-                for kind in self.iou_types for name, stat in FIGURES.items()}
+        figures = {f"{kind}_{name}": metrics[kind][stat]
+                   for kind in self.iou_types for name, stat in FIGURES.items()}
+        figures["score"] = sum(figures[f"{kind}_map"] for kind in self.iou_types) / len(
+            self.iou_types)
+        return figures
 
 
 def _preprocessing(module: nn.Module) -> dict[str, Any]:

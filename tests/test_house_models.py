@@ -1,0 +1,80 @@
+"""The shipped house models do their job on data none of them saw: sample_images/shapes (seed
+2026) for shapes-maskrcnn and shapes-unet, and sampling for the digits generators."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvtool.coco import decode_mask
+from cvtool.shapes import render
+from tests.clirun import ROOT, cvtool
+
+SHAPES = sorted((ROOT / "sample_images" / "shapes").glob("shapes_*.png"))
+SEED, NAMES = 2026, ["background", "circle", "square", "triangle"]
+
+
+def _truth(index: int):
+    return render(SEED, "val", index).shapes
+
+
+def test_sample_shapes_are_the_seed_2026_scenes():
+    assert len(SHAPES) == 6
+    for index, path in enumerate(SHAPES):
+        assert np.array_equal(np.array(Image.open(path)), render(SEED, "val", index).pixels)
+
+
+@pytest.mark.parametrize("name, limit", [("shapes-maskrcnn", 15), ("shapes-unet", 10),
+                                         ("digits-pixelcnn", 5), ("digits-vae", 5),
+                                         ("digits-gan", 5)])
+def test_house_checkpoints_are_small(name, limit):
+    assert (ROOT / "cvtool" / "house" / f"{name}.safetensors").stat().st_size < limit << 20
+
+
+def test_shapes_maskrcnn_finds_every_shape_with_its_mask(tmp_path):
+    result = cvtool("segment-instance", *SHAPES, "-m", "shapes-maskrcnn", "--device", "cpu",
+                    "-q", "-o", tmp_path / "out")
+    assert result.code == 0, result.stderr
+    for index, record in enumerate(result.records()):
+        truth = _truth(index)
+        found = record["detections"]
+        assert len(found) == len(truth), record["path"]
+        for shape in truth:
+            best = max(found, key=lambda d: _iou(decode_mask(d["mask"]), shape.mask))
+            assert best["label"] == NAMES[shape.category_id]
+            assert _iou(decode_mask(best["mask"]), shape.mask) > 0.8
+    annotated = list((tmp_path / "out").rglob("shapes_00.png"))
+    assert annotated and Image.open(annotated[0]).size == (128, 128)
+    boxes = cvtool("detect", SHAPES[0], "-m", "shapes-maskrcnn", "--device", "cpu", "-q")
+    assert boxes.code == 0 and len(boxes.records()[0]["detections"]) == len(_truth(0))
+
+
+def test_shapes_unet_labels_the_pixels(tmp_path):
+    result = cvtool("segment-semantic", *SHAPES, "-m", "shapes-unet", "--device", "cpu", "-q",
+                    "-o", tmp_path / "out")
+    assert result.code == 0, result.stderr
+    for index, record in enumerate(result.records()):
+        predicted = np.array(Image.open(record["mask_path"]))
+        truth = render(SEED, "val", index).semantic_mask()
+        assert (predicted == truth).mean() > 0.97, record["path"]
+
+
+@pytest.mark.parametrize("name", ["digits-pixelcnn", "digits-vae", "digits-gan"])
+def test_digits_generators_sample_digits(tmp_path, name):
+    result = cvtool("generate", "-m", name, "-n", "40", "--seed", "3", "-o", tmp_path / "out",
+                    "--grid", tmp_path / "grid.png", "-q")
+    assert result.code == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["images"] == 40
+    files = sorted((tmp_path / "out").glob("*.png"))
+    assert len(files) == 40 and Image.open(files[0]).size == (8, 8)
+    classified = cvtool("classify", *files, "-m", "digits-cnn", "--topk", "1", "-q")
+    labels = {r["predictions"][0]["label"] for r in classified.records()}
+    assert len(labels) >= 5  # samples spread over the digits, not one mode
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / max(1, (a | b).sum()))
