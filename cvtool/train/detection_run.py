@@ -3,7 +3,8 @@
 Run directory: config.json; last.* and best.* cvtool checkpoints (best by val `bbox_map` for
 detect, the mean of `bbox_map` and `segm_map` for segment-instance), which
 `cvtool detect|segment-instance --model RUN_DIR` loads; state/ (resume); metrics.jsonl (per
-epoch: losses, lr, pycocotools AP figures); metrics.json; curves.png. The summary also goes to stdout as one JSON line.
+epoch: losses, lr, pycocotools AP figures); metrics.json; curves.png. The summary also goes to
+stdout as one JSON line.
 
 The learning rate is a pure function of the iteration (linear warm-up, then the per-epoch
 schedule), the shuffling generator is seeded per epoch and the global RNG (augmentation) is in the
