@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -60,13 +61,15 @@ def run_plain(args, images: Path, checkpoint: Path) -> tuple[float, float, list]
 
 
 def run_cvtool(args, images: Path) -> tuple[float, float, list]:
-    with tempfile.TemporaryDirectory() as out_dir:
-        wall, out, _ = timed([sys.executable, "-m", "cvtool", "segment-instance", str(images),
-                              "-q", "-m", args.model, "-b", str(args.batch_size), "--conf", "0.5",
-                              "--device", "cpu", "--format", "jsonl", "-o", out_dir,
-                              *(["--threads", str(args.threads)] if args.threads else [])],
-                             args.threads)
-        loop = json.loads((Path(out_dir) / "run.json").read_text())["counts"]["seconds"]
+    # No --output: that would also draw and write annotated images, which the baseline does not.
+    # The loop's seconds come from the summary line on stderr ("N inputs, 0 failed, S s ...").
+    wall, out, err = timed([sys.executable, "-m", "cvtool", "segment-instance", str(images),
+                            "-m", args.model, "-b", str(args.batch_size), "--conf", "0.5",
+                            "--device", "cpu", "--format", "jsonl",
+                            *(["--threads", str(args.threads)] if args.threads else [])],
+                           args.threads)
+    summary = next(line for line in err.splitlines() if " inputs, " in line)
+    loop = float(re.search(r"([0-9.]+) s", summary).group(1))
     found = []
     for record in map(json.loads, out.splitlines()):
         detections = record["detections"]
