@@ -104,3 +104,15 @@ def test_bad_options_are_usage_errors(tmp_path, args, message):
     result = cvtool("train", "generate", "--data", "digits", *args, "-o", tmp_path / "x")
     assert result.code == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_resume_names_sample_grids_by_epoch(tmp_path):
+    run = tmp_path / "gan"
+    _summary(cvtool("train", "generate", "--data", "digits", "--model", "gan", *TINY, "-o", run))
+    # A grid written just before a kill, for an epoch whose state never got committed:
+    (run / "samples" / "epoch-0002.png").write_bytes(b"stale")
+    resumed = _summary(cvtool("train", "generate", "--resume", run, "--epochs", "2", "-q"))
+    assert resumed["epochs"] == 2
+    grids = sorted(path.name for path in (run / "samples").glob("*.png"))
+    assert grids == ["epoch-0001.png", "epoch-0002.png"]
+    assert Image.open(run / "samples" / "epoch-0002.png").size[0] > 8

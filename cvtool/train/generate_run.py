@@ -190,14 +190,13 @@ class GenerativeTrainer(EpochTrainer):
             figures.update(elbo=float(elbo), val_reconstruction=float(reconstruction),
                            val_kl=float(kl), score=float(elbo))
         samples = generate(module, self.family, GRID_SAMPLES, GRID_SEED)
-        epoch = len(list((self.run_dir / "samples").glob("epoch-*.png"))) + 1
-        write_grid(self.run_dir / "samples" / f"epoch-{epoch:04d}.png", samples)
+        write_grid(self.run_dir / "samples" / f"epoch-{self.epoch:04d}.png", samples)
         write_grid(self.run_dir / "samples.png", samples)
         if self.digits:
             figures["fid_digits"] = self._fid(module, self.fid_samples)
             if self.family == "gan":
                 figures["score"] = -figures["fid_digits"]
-        figures.setdefault("score", float(epoch))  # a GAN without digits: the latest is best
+        figures.setdefault("score", float(self.epoch))  # a GAN without digits: the latest is best
         module.train()
         return figures
 

@@ -180,6 +180,7 @@ class EpochTrainer:
     """
 
     score_key = "score"
+    epoch = 0  # the epoch being trained or evaluated
 
     def __init__(self, model: nn.Module, settings: IterationSettings, device: torch.device,
                  train_set: Dataset, collate_fn: Callable | None = None) -> None:
@@ -200,6 +201,7 @@ class EpochTrainer:
             batch_done: Callable[[], None] = lambda: None) -> TrainingState:
         for epoch in range(state.epoch + 1, self.settings.epochs + 1):
             started = time.perf_counter()
+            self.epoch = epoch  # evaluate() may name files after it
             losses = self._train_epoch(epoch, batch_done)
             figures = self.evaluate(self.model)
             improved = state.best_epoch == 0 or figures[self.score_key] > state.best_score
