@@ -141,55 +141,38 @@ VFlip = Annotated[bool, typer.Option(
     "--vflip", help="Also flip vertically (top-down or synthetic scenes).")]
 
 
-def _train_detection(task: str, data: str | None, model: str, output: Path | None,
-                     resume: Path | None, force: bool, weights: str, width: int,
-                     min_size: int | None, max_size: int | None, optimizer: str,
-                     lr: float | None, weight_decay: float, schedule: str, warmup: int,
-                     epochs: int | None, batch_size: int, augment: bool, vflip: bool, seed: int,
-                     device: str, precision: str, threads: int | None, quiet: bool,
-                     debug: bool) -> None:
-    from cvtool.train.config import DetectionConfig
+def _detection_command(task: str, summary: str) -> Callable[..., None]:
+    """`train detect` and `train segment-instance`: the same options; the task decides masks."""
 
-    _launch("cvtool.train.detection_run:train_detection", lambda: DetectionConfig(
-        data=data, task=task, model=model, weights=weights, width=width, min_size=min_size,
-        max_size=max_size, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
-        schedule=schedule, warmup=warmup, epochs=epochs or 12, batch_size=batch_size,
-        augment=augment, vflip=vflip, seed=seed, precision=precision),
-        data, output, resume, force, device, threads, quiet, debug, epochs)
+    def command(
+        data: CocoData = None, model: DetectorModel = "small", output: Output = None,
+        resume: Resume = None, force: Force = False, weights: Weights = "none",
+        width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
+        optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
+        schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
+        batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
+        seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
+        threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
+    ) -> None:
+        from cvtool.train.config import DetectionConfig
 
+        _launch("cvtool.train.detection_run:train_detection", lambda: DetectionConfig(
+            data=data, task=task, model=model, weights=weights, width=width,
+            min_size=min_size, max_size=max_size, optimizer=optimizer, lr=lr,
+            weight_decay=weight_decay, schedule=schedule, warmup=warmup,
+            epochs=epochs or 12, batch_size=batch_size, augment=augment, vflip=vflip,
+            seed=seed, precision=precision),
+            data, output, resume, force, device, threads, quiet, debug, epochs)
 
-@train_app.command("detect")
-def detect(
-    data: CocoData = None, model: DetectorModel = "small", output: Output = None,
-    resume: Resume = None, force: Force = False, weights: Weights = "none",
-    width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
-    optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
-    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
-    batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
-    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
-    threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
-) -> None:
-    """Train a box detector on COCO data, scored by pycocotools each epoch."""
-    _train_detection("detect", data, model, output, resume, force, weights, width, min_size,
-                     max_size, optimizer, lr, weight_decay, schedule, warmup, epochs,
-                     batch_size, augment, vflip, seed, device, precision, threads, quiet, debug)
+    command.__doc__ = summary
+    return command
 
 
-@train_app.command("segment-instance")
-def segment_instance(
-    data: CocoData = None, model: DetectorModel = "small", output: Output = None,
-    resume: Resume = None, force: Force = False, weights: Weights = "none",
-    width: DetectorWidth = 32, min_size: MinSize = None, max_size: MaxSize = None,
-    optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
-    schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
-    batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
-    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
-    threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
-) -> None:
-    """Train a Mask R-CNN on COCO data with masks, scored by pycocotools each epoch."""
-    _train_detection("segment-instance", data, model, output, resume, force, weights, width,
-                     min_size, max_size, optimizer, lr, weight_decay, schedule, warmup, epochs,
-                     batch_size, augment, vflip, seed, device, precision, threads, quiet, debug)
+train_app.command("detect")(_detection_command(
+    "detect", "Train a box detector on COCO data, scored by pycocotools each epoch."))
+train_app.command("segment-instance")(_detection_command(
+    "segment-instance",
+    "Train a Mask R-CNN on COCO data with masks, scored by pycocotools each epoch."))
 
 
 SemanticData = Annotated[Optional[str], typer.Option(
