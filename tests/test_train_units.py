@@ -43,8 +43,8 @@ def _model(**options):
 def _trained(**options) -> dict[str, torch.Tensor]:
     module, config = _model(**{"model": "mlp", "epochs": 2, "batch_size": 16, **options})
     settings = loop_settings({**config.to_dict(), "lr": config.resolved_lr})
-    trainer = Trainer(module, settings, torch.device("cpu"))
-    trainer.fit(Items(64), Items(20, seed=1), TrainingState(), lambda state, improved: None)
+    trainer = Trainer(module, settings, torch.device("cpu"), Items(64), Items(20, seed=1))
+    trainer.fit(TrainingState(), lambda state, improved: None)
     return {key: value.clone() for key, value in module.state_dict().items()}
 
 

@@ -1,4 +1,4 @@
-"""The one training loop every neural classifier shares: linear, MLP, CNN and torchvision nets.
+"""The one training loop every trainer shares (EpochTrainer), and its classifier (Trainer).
 
 Epoch N shuffles with a generator seeded by (seed, N) and the global RNG (dropout,
 augmentation) is part of the saved state, so a resumed run retraces an uninterrupted one.
@@ -23,21 +23,6 @@ from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty, wa
 from cvtool.train.state import TrainingState
 
 
-@dataclass(frozen=True)
-class LoopSettings:
-    loss: str = "ce"
-    optimizer: str = "adam"
-    lr: float = 1e-3
-    reg: str = "none"
-    reg_strength: float = 0.0
-    schedule: str = "constant"
-    epochs: int = 10
-    batch_size: int = 64
-    seed: int = 0
-    precision: str = "fp32"
-    compile: bool = False
-
-
 @dataclass
 class Evaluation:
     loss: float
@@ -47,87 +32,6 @@ class Evaluation:
 
 
 EpochDone = Callable[[TrainingState, bool], None]
-
-
-class Trainer:
-    def __init__(self, model: nn.Module, settings: LoopSettings, device: torch.device) -> None:
-        self.model = model.to(device)
-        self.settings, self.device = settings, device
-        self.loss = data_loss(settings.loss)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = make_optimizer(settings.optimizer, trainable, settings.lr)
-        # Only the training forward is compiled; evaluation runs the module as it is.
-        self.forward = torch.compile(model) if settings.compile else model
-        self.scaler = grad_scaler(device, settings.precision)
-
-    def objective(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Data loss plus lambda R(W): what the optimiser minimises."""
-        settings = self.settings
-        return self.loss(scores.float(), labels) + penalty(self.model, settings.reg,
-                                                           settings.reg_strength)
-
-    def fit(self, train: Dataset, val: Dataset, state: TrainingState, epoch_done: EpochDone,
-            batch_done: Callable[[], None] = lambda: None) -> TrainingState:
-        """Train from `state.epoch` to the last epoch; `epoch_done` persists each one."""
-        for epoch in range(state.epoch + 1, self.settings.epochs + 1):
-            started = time.perf_counter()
-            lr = self._set_lr(epoch - 1)
-            train_loss, train_accuracy = self._train_epoch(self._loader(train, epoch), batch_done)
-            evaluation = self.evaluate(self.model, val)
-            improved = evaluation.accuracy > state.best_score
-            if improved:
-                state.best_epoch, state.best_score = epoch, evaluation.accuracy
-            state.epoch = epoch
-            state.history.append({"epoch": epoch, "lr": lr, "train_loss": train_loss,
-                                  "train_accuracy": train_accuracy, "val_loss": evaluation.loss,
-                                  "val_accuracy": evaluation.accuracy,
-                                  "seconds": round(time.perf_counter() - started, 3)})
-            epoch_done(state, improved)
-        return state
-
-    def _set_lr(self, epoch: int) -> float:
-        settings = self.settings
-        lr = settings.lr * lr_factor(settings.schedule, epoch, settings.epochs)
-        set_lr(self.optimizer, lr)
-        return lr
-
-    def _loader(self, dataset: Dataset, epoch: int) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.settings.seed * 100_003 + epoch)
-        return DataLoader(dataset, batch_size=self.settings.batch_size, shuffle=True,
-                          generator=generator)
-
-    def _train_epoch(self, loader: DataLoader,
-                     batch_done: Callable[[], None]) -> tuple[float, float]:
-        self.model.train()
-        total_loss, correct, seen = 0.0, 0, 0
-        for images, labels in loader:
-            images, labels = images.to(self.device), labels.to(self.device)
-            with autocast(self.device, self.settings.precision):
-                scores = self.forward(images)
-            loss = self.objective(scores, labels)
-            optimizer_step(self.optimizer, self.scaler, loss)
-            total_loss += loss.item() * len(labels)
-            correct += int((scores.argmax(1) == labels).sum())
-            seen += len(labels)
-            batch_done()
-        return total_loss / seen, correct / seen
-
-    @torch.no_grad()
-    def evaluate(self, module: nn.Module, dataset: Dataset) -> Evaluation:
-        """Mean data loss, accuracy and the predicted class of every example, in order."""
-        module.eval()
-        total_loss, predictions, labels = 0.0, [], []
-        batch_size = max(256, self.settings.batch_size)
-        for images, batch_labels in DataLoader(dataset, batch_size=batch_size):
-            images, batch_labels = images.to(self.device), batch_labels.to(self.device)
-            with autocast(self.device, self.settings.precision):
-                scores = module(images)
-            total_loss += float(self.loss(scores.float(), batch_labels)) * len(batch_labels)
-            predictions += scores.argmax(1).tolist()
-            labels += batch_labels.tolist()
-        correct = sum(p == t for p, t in zip(predictions, labels))
-        return Evaluation(total_loss / max(1, len(labels)), correct / max(1, len(labels)),
-                          predictions, labels)
 
 
 def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
@@ -147,11 +51,6 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
-
-
-def loop_settings(config: dict[str, Any]) -> LoopSettings:
-    """The loop's part of a run's config.json."""
-    return LoopSettings(**{key: config[key] for key in LoopSettings.__dataclass_fields__})
 
 
 @dataclass(frozen=True)
@@ -244,3 +143,72 @@ class EpochTrainer:
             seen += size
             batch_done()
         return {"lr": lr, **{key: value / max(1, seen) for key, value in totals.items()}}
+
+
+@dataclass(frozen=True)
+class LoopSettings(IterationSettings):
+    """The classifiers' settings: the shared ones with a classifier's defaults, and its loss."""
+
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    schedule: str = "constant"
+    epochs: int = 10
+    batch_size: int = 64
+    loss: str = "ce"
+    reg: str = "none"
+    reg_strength: float = 0.0
+    compile: bool = False
+
+
+class Trainer(EpochTrainer):
+    """Every neural classifier: linear, MLP, CNN and torchvision nets, on (image, label) data;
+    the best epoch is the one with the highest val accuracy."""
+
+    score_key = "val_accuracy"
+
+    def __init__(self, model: nn.Module, settings: LoopSettings, device: torch.device,
+                 train: Dataset, val: Dataset) -> None:
+        super().__init__(model, settings, device, train)
+        self.val = val
+        self.loss = data_loss(settings.loss)
+        # Only the training forward is compiled; evaluation runs the module as it is.
+        self.forward = torch.compile(model) if settings.compile else model
+
+    def objective(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Data loss plus lambda R(W): what the optimiser minimises."""
+        settings = self.settings
+        return self.loss(scores.float(), labels) + penalty(self.model, settings.reg,
+                                                           settings.reg_strength)
+
+    def losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        images, labels = (tensor.to(self.device) for tensor in batch)
+        scores = self.forward(images)
+        return {"loss": self.objective(scores, labels),
+                "train_accuracy": (scores.argmax(1) == labels).float().mean()}
+
+    def evaluate(self, module: nn.Module) -> dict[str, float]:
+        evaluation = self.evaluation(module, self.val)
+        return {"val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy}
+
+    @torch.no_grad()
+    def evaluation(self, module: nn.Module, dataset: Dataset) -> Evaluation:
+        """Mean data loss, accuracy and the predicted class of every example, in order."""
+        module.eval()
+        total_loss, predictions, labels = 0.0, [], []
+        batch_size = max(256, self.settings.batch_size)
+        for images, batch_labels in DataLoader(dataset, batch_size=batch_size):
+            images, batch_labels = images.to(self.device), batch_labels.to(self.device)
+            with autocast(self.device, self.settings.precision):
+                scores = module(images)
+            total_loss += float(self.loss(scores.float(), batch_labels)) * len(batch_labels)
+            predictions += scores.argmax(1).tolist()
+            labels += batch_labels.tolist()
+        correct = sum(p == t for p, t in zip(predictions, labels))
+        return Evaluation(total_loss / max(1, len(labels)), correct / max(1, len(labels)),
+                          predictions, labels)
+
+
+def loop_settings(config: dict[str, Any]) -> LoopSettings:
+    """The loop's part of a run's config.json."""
+    return LoopSettings(**{key: config[key] for key in LoopSettings.__dataclass_fields__
+                           if key in config})

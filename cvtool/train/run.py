@@ -66,7 +66,7 @@ def _train_network(env: Environment, config: ClassifyConfig, data: Classificatio
                                             env.offline, env.warn)
     meta = _meta(config, data, architecture)
     trainer = Trainer(module, loop_settings({**config.to_dict(), "lr": config.resolved_lr}),
-                      device)
+                      device, data.train, data.val)
     state = load_state(run_dir, trainer.model, trainer.optimizer) if resume else TrainingState()
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
@@ -83,7 +83,7 @@ def _train_network(env: Environment, config: ClassifyConfig, data: Classificatio
                 f"val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}")
 
     with EpochProgress(env, config.epochs, state.epoch, len(data.train), config.batch_size) as bar:
-        state = trainer.fit(data.train, data.val, state, epoch_done, bar.advance)
+        state = trainer.fit(state, epoch_done, bar.advance)
     return _finish(run_dir, trainer, state, data)
 
 
@@ -149,7 +149,7 @@ def _finish(run_dir: Path, trainer: Trainer, state: TrainingState,
     tensors, meta = load_checkpoint(run_dir / "best.safetensors")
     best = build_architecture(meta)
     best.load_state_dict(tensors)
-    evaluation = trainer.evaluate(best.to(trainer.device), data.val)
+    evaluation = trainer.evaluation(best.to(trainer.device), data.val)
     write_curves(run_dir, state.history)
     return write_summary(run_dir, data, evaluation, {
         "best_epoch": state.best_epoch, "epochs": state.epoch,
