@@ -80,15 +80,20 @@ def classification_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
     return transforms
 
 
+def refuse_weights(weights: str, name: str) -> None:
+    """A cvtool checkpoint carries its parameters: any --weights other than default is an error."""
+    if weights != "default":
+        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
+                         f"carries its own weights")
+
+
 def looks_like_path(model: str) -> bool:
     return (Path(model).exists() or model.endswith((".safetensors", ".json"))
             or any(separator in model for separator in ("/", "\\")))
 
 
 def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
-    if weights != "default":
-        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
-                         f"carries its own weights")
+    refuse_weights(weights, name)
     tensors_path = resolve_checkpoint(path)
     state, meta = load_checkpoint(tensors_path)
     if meta.get("task") != "classify" or not isinstance(meta.get("classes"), list):

@@ -19,6 +19,7 @@ from cvtool.models.classification import (
     load_exactly,
     looks_like_path,
     ready_for_inference,
+    refuse_weights,
     warn_on_stderr,
 )
 from cvtool.models.weights import state_dict_for
@@ -72,9 +73,7 @@ def _checkpoint_detector(path: Path, name: str, weights: str, task: str) -> Load
     inside the model, so its input is the image as float in [0, 1], like torchvision's."""
     from torchvision.transforms._presets import ObjectDetection
 
-    if weights != "default":
-        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
-                         f"carries its own weights")
+    refuse_weights(weights, name)
     tensors_path = resolve_checkpoint(path)
     state, meta = load_checkpoint(tensors_path)
     if meta.get("task") not in SERVES[task] or not isinstance(meta.get("classes"), list):

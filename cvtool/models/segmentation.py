@@ -45,6 +45,7 @@ from cvtool.models.classification import (
     fitting_num_classes,
     looks_like_path,
     ready_for_inference,
+    refuse_weights,
     warn_on_stderr,
 )
 from cvtool.models.weights import state_dict_for
@@ -120,9 +121,7 @@ def _refuse_encoder(encoder: str | None, model: str) -> None:
 
 
 def _checkpoint_segmenter(path: Path, name: str, weights: str) -> LoadedSegmenter:
-    if weights != "default":
-        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
-                         f"carries its own weights")
+    refuse_weights(weights, name)
     tensors_path = resolve_checkpoint(path)
     state, meta = load_checkpoint(tensors_path)
     classes = meta.get("classes")

@@ -23,7 +23,7 @@ from cvtool.results import one_line
 from cvtool.status import ResourceUnavailable, UsageError
 
 if TYPE_CHECKING:
-    from torch import Tensor
+    from torch import Tensor, nn
 
 _CHUNK = 1 << 20
 # torchvision's densenet files predate a renaming of these keys; its builder rewrites them so too.
@@ -160,3 +160,16 @@ def _not_cached_message(spec: ModelSpec, reason: str) -> str:
     return (f"default weights for {spec.name} are not cached and {reason}; "
             f"run `cvtool models pull {spec.name}` with network access, "
             f"or pass a state dict file with `--weights PATH`")
+
+
+def load_fitting(module: nn.Module, state: Mapping[str, Any], source: str,
+                 name: str) -> list[str]:
+    """Fine-tuning: load the tensors of `state` whose name and shape fit `module`; return the
+    names of the module's tensors left as initialised (typically the class head)."""
+    expected = module.state_dict()
+    fitting = {key: value for key, value in state.items()
+               if key in expected and expected[key].shape == value.shape}
+    if not fitting:
+        raise UsageError(f"{source}: no tensor fits {name}")
+    module.load_state_dict(fitting, strict=False)
+    return sorted(set(expected) - set(fitting))

@@ -60,16 +60,10 @@ def _torchvision_classifier(config: ClassifyConfig, num_classes: int, offline: b
 def _load_pretrained(module: nn.Module, spec: Any, weights: str, offline: bool,
                      warn: Callable[[str], None]) -> None:
     """Fine-tuning: every pretrained tensor that fits; the class head stays freshly initialised."""
-    from cvtool.models.weights import state_dict_for
+    from cvtool.models.weights import load_fitting, state_dict_for
 
     _, state = state_dict_for(spec, weights, offline)
-    expected = module.state_dict()
-    fitting = {key: value for key, value in state.items()
-               if key in expected and expected[key].shape == value.shape}
-    if not fitting:
-        raise UsageError(f"--weights {weights}: no tensor fits {spec.name}")
-    fresh = sorted(set(expected) - set(fitting))
-    module.load_state_dict(fitting, strict=False)
+    fresh = load_fitting(module, state, f"--weights {weights}", spec.name)
     if fresh:
         warn(f"{len(fresh)} tensors of {spec.name} start untrained ({', '.join(fresh[:3])}"
              f"{', ...' if len(fresh) > 3 else ''}): the class head is new")

@@ -14,7 +14,6 @@ saved state, so a resumed run retraces an uninterrupted one.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from cvtool.checkpoint import build_architecture
 from cvtool.context import Environment
 from cvtool.device import autocast, seed_everything
 from cvtool.models.detection import freeze_batch_norms
-from cvtool.models.weights import state_dict_for
+from cvtool.models.weights import load_fitting, state_dict_for
 from cvtool.registry import get_spec
 from cvtool.status import ExitStatus, UsageError
 from cvtool.tasks.detect import detections_of
@@ -95,21 +94,11 @@ def build_detection_model(config: DetectionConfig, classes: list[str],
     if config.weights != "none":
         path, state = state_dict_for(spec, config.weights, env.offline)
         freeze_batch_norms(module, state)
-        kept = load_fitting(module, state)
-        env.log(f"fine-tuning from {path}: {kept} of {len(module.state_dict())} tensors loaded, "
+        fresh = load_fitting(module, state, f"--weights {config.weights}", spec.name)
+        total = len(module.state_dict())
+        env.log(f"fine-tuning from {path}: {total - len(fresh)} of {total} tensors loaded, "
                 "the rest (class-specific heads) start fresh")
     return module, architecture
-
-
-def load_fitting(module: nn.Module, state: Mapping[str, torch.Tensor]) -> int:
-    """Load the tensors of `state` whose name and shape fit; return how many did."""
-    own = module.state_dict()
-    fitting = {key: value for key, value in state.items()
-               if key in own and own[key].shape == value.shape}
-    if not fitting:
-        raise UsageError("the weights file shares no tensor with the model: wrong architecture")
-    module.load_state_dict(fitting, strict=False)
-    return len(fitting)
 
 
 class DetectionTrainer(EpochTrainer):

@@ -19,7 +19,6 @@ saves one optimiser like every other run.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +32,10 @@ from cvtool.device import autocast, seed_everything
 from cvtool.generative import gan, pixelcnn, vae
 from cvtool.generative.checkpoint import BUILDERS, describe
 from cvtool.generative.images import write_grid
-from cvtool.status import ExitStatus, UsageError
+from cvtool.status import ExitStatus
 from cvtool.train.config import GenerateConfig
 from cvtool.train.data import DIGITS, digits_split, read_image_folder
-from cvtool.train.loop import EpochTrainer, IterationSettings, optimizer_step
+from cvtool.train.loop import EpochTrainer, IterationSettings, optimizer_step, require_finite
 from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
 DIGIT_LEVELS = 17  # the digits' own 0..16
@@ -158,9 +157,7 @@ class GenerativeTrainer(EpochTrainer):
                                ("generator", gan.generator_losses)):
             with autocast(self.device, self.settings.precision):
                 parts = losses(self.model, images)
-            loss = parts["loss"].float()
-            if not math.isfinite(loss.item()):
-                raise UsageError(f"the {player} loss became {loss.item()}; lower --lr")
+            loss = require_finite(parts["loss"].float(), player, "lower --lr")
             if player == "generator":  # only the generator's parameters may move now
                 loss.backward()
                 self.model.discriminator.zero_grad(set_to_none=True)

@@ -48,6 +48,13 @@ def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScale
     scaler.update()
 
 
+def require_finite(loss: torch.Tensor, what: str, advice: str) -> torch.Tensor:
+    """`loss`, unless it is NaN or infinite: then a one-line error saying what to change."""
+    if not math.isfinite(loss.item()):
+        raise UsageError(f"the {what} loss became {loss.item()}; {advice}")
+    return loss
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -116,10 +123,8 @@ class EpochTrainer:
         """One optimisation step on `batch`; returns the losses as numbers."""
         with autocast(self.device, self.settings.precision):
             parts = self.losses(batch)
-        loss = parts["loss"].float()
-        if not math.isfinite(loss.item()):
-            raise UsageError(f"the training loss became {loss.item()}; lower --lr (now "
-                             f"{self.settings.lr}) or raise --warmup")
+        loss = require_finite(parts["loss"].float(), "training",
+                              f"lower --lr (now {self.settings.lr}) or raise --warmup")
         optimizer_step(self.optimizer, self.scaler, loss)
         return {key: float(value.detach()) for key, value in parts.items()}
 

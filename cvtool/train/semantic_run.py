@@ -98,8 +98,7 @@ def _load_pretrained(module: nn.Module, spec: Any, config: SemanticConfig,
     """Fine-tuning: every tensor of the weights whose name and shape fit; the mean/std they
     were trained with."""
     from cvtool.models import segmentation
-    from cvtool.models.weights import state_dict_for
-    from cvtool.train.detection_run import load_fitting
+    from cvtool.models.weights import load_fitting, state_dict_for
 
     if config.weights == "default" and spec.source == "smp":
         from segmentation_models_pytorch.encoders import get_encoder
@@ -116,8 +115,9 @@ def _load_pretrained(module: nn.Module, spec: Any, config: SemanticConfig,
         if spec.source == "torchvision":
             default = resolve_reference(spec.weights).transforms()
             mean, std = list(default.mean), list(default.std)
-    kept = load_fitting(module, state)
-    env.log(f"fine-tuning from {source}: {kept} of {len(module.state_dict())} tensors loaded, "
+    fresh = load_fitting(module, state, f"--weights {config.weights}", spec.name)
+    total = len(module.state_dict())
+    env.log(f"fine-tuning from {source}: {total - len(fresh)} of {total} tensors loaded, "
             "the rest start fresh")
     return list(mean), list(std)
 
