@@ -17,17 +17,21 @@
 
 Neither file is ever seen half-written: each goes to a temp file in the same directory first and is
 then renamed over the target. Loading never unpickles anything, and `build_architecture` calls only
-builders under `TRUSTED_BUILDER_MODULES`, so a checkpoint from elsewhere cannot run code.
+the exact builders `cvtool.builders` lists, with kwargs it has checked, so a checkpoint from
+elsewhere cannot run code or make cvtool allocate more than its tensors hold.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from cvtool.builders import MAX_CLASSES, MAX_SIDE, short_repr, checked_architecture
 from cvtool.registry import resolve_reference
+from cvtool.results import one_line
 from cvtool.status import UsageError
 from cvtool.writers import atomic_open, atomic_path
 
@@ -37,8 +41,8 @@ if TYPE_CHECKING:
 FORMAT = "cvtool-checkpoint"
 FORMAT_VERSION = 1
 RUN_DIR_CHECKPOINTS = ("best.safetensors", "last.safetensors")
-TRUSTED_BUILDER_MODULES = ("torchvision.models", "segmentation_models_pytorch",
-                           "cvtool.models", "cvtool.generative")
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "nearest-exact", "box", "hamming", "lanczos")
+_SLACK_ELEMENTS = 1 << 20  # buffers a state dict may leave out (frozen batch norms' counters)
 
 
 def save_checkpoint(path: Path, state_dict: Mapping[str, Tensor], meta: dict) -> None:
@@ -89,21 +93,92 @@ def resolve_checkpoint(path: Path) -> Path:
     return tensors_path
 
 
-def build_architecture(meta: dict) -> nn.Module:
-    """A freshly initialised module as the checkpoint's `architecture` describes it."""
-    architecture = meta.get("architecture")
-    if not isinstance(architecture, dict) or not isinstance(architecture.get("builder"), str):
-        raise UsageError("checkpoint meta has no architecture.builder")
-    builder = architecture["builder"]
-    module_name = builder.partition(":")[0]
-    if not any(module_name == trusted or module_name.startswith(trusted + ".")
-               for trusted in TRUSTED_BUILDER_MODULES):
-        trusted = ", ".join(TRUSTED_BUILDER_MODULES)
-        raise UsageError(f"checkpoint builder {builder!r} is outside {trusted}")
+def build_architecture(meta: dict, state: Mapping[str, Tensor] | None = None) -> nn.Module:
+    """A freshly initialised module as the checkpoint's `architecture` describes it.
+
+    The builder and its kwargs must pass `cvtool.builders`' table. With `state` (the tensors the
+    module is for), the module is first built on the meta device and refused if it would hold
+    more than those tensors do: kwargs cannot make cvtool allocate more than the file holds.
+    """
+    builder, kwargs = checked_architecture(meta.get("architecture"))
+    if "classes" in meta:
+        _check_class_count(builder, kwargs, meta["classes"])
+    if state is not None:
+        _refuse_oversized(builder, kwargs, state)
+    return _call_builder(builder, kwargs)
+
+
+def _check_class_count(builder: str, kwargs: dict[str, Any], classes: list[str]) -> None:
+    count = kwargs.get("num_classes", kwargs.get("classes"))
+    if count != len(classes):
+        raise UsageError(f"checkpoint lists {len(classes)} classes but its {builder} kwargs "
+                         f"make {count if count is not None else 'an unstated number of'} "
+                         "outputs: every output needs its label")
+
+
+def _call_builder(builder: str, kwargs: dict[str, Any]) -> nn.Module:
     try:
-        return resolve_reference(builder)(**architecture.get("kwargs", {}))
-    except (TypeError, ValueError) as error:
-        raise UsageError(f"cannot build {builder} from the checkpoint's kwargs: {error}") from None
+        return resolve_reference(builder)(**kwargs)
+    except (TypeError, ValueError, KeyError, IndexError, AssertionError, RuntimeError) as error:
+        raise UsageError(f"cannot build {builder} from the checkpoint's kwargs: "
+                         f"{one_line(error)}") from None
+
+
+def _refuse_oversized(builder: str, kwargs: dict[str, Any], state: Mapping[str, Tensor]) -> None:
+    import torch
+
+    with torch.device("meta"):
+        module = _call_builder(builder, kwargs)
+    wanted = sum(tensor.numel() for tensor in module.state_dict().values())
+    held = sum(tensor.numel() for tensor in state.values())
+    if wanted > held * 1.05 + _SLACK_ELEMENTS:
+        raise UsageError(f"checkpoint kwargs of {builder} describe {wanted:,} values but its "
+                         f"tensors hold {held:,}: the sidecar does not belong to these tensors")
+
+
+def checked_preprocessing(preprocessing: Any, sizes: tuple[str, ...]) -> dict[str, Any]:
+    """A sidecar's `preprocessing`, refused unless `sizes` are null, a side or [h, w] within
+    bounds, mean and std are 1 to 4 finite numbers (std above 0) and the interpolation is one
+    torchvision knows."""
+    if not isinstance(preprocessing, dict):
+        raise UsageError("checkpoint preprocessing is missing or not an object")
+    for key in sizes:
+        _check_size(key, preprocessing.get(key))
+    for key in ("mean", "std"):
+        values = preprocessing.get(key)
+        if not isinstance(values, list) or not 1 <= len(values) <= 4 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in values):
+            raise UsageError(f"checkpoint preprocessing {key} must be 1 to 4 finite numbers, "
+                             f"not {short_repr(values)}")
+    if not all(value > 0 for value in preprocessing["std"]):
+        raise UsageError(f"checkpoint preprocessing std must be above 0, not "
+                         f"{preprocessing['std']}")
+    if preprocessing.get("interpolation", "bilinear") not in INTERPOLATIONS:
+        raise UsageError(f"checkpoint preprocessing interpolation must be one of "
+                         f"{', '.join(INTERPOLATIONS)}")
+    return preprocessing
+
+
+def _check_size(key: str, size: Any) -> None:
+    sides = size if isinstance(size, list) and len(size) == 2 else [size]
+    if size is not None and not all(isinstance(side, int) and not isinstance(side, bool)
+                                    and 1 <= side <= MAX_SIDE for side in sides):
+        raise UsageError(f"checkpoint preprocessing {key} must be null, a side or [h, w] from 1 "
+                         f"to {MAX_SIDE}, not {short_repr(size)}")
+
+
+def check_tensors(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse a state whose tensors the module cannot compute with: a float parameter stored as
+    integers, or values that are NaN or infinite."""
+    expected = module.state_dict()
+    for key, tensor in state.items():
+        want = expected.get(key)
+        if want is not None and want.is_floating_point() and not tensor.is_floating_point():
+            raise UsageError(f"{source}: tensor {key} is {str(tensor.dtype)[6:]}, but the model "
+                             f"needs floating point")
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            raise UsageError(f"{source}: tensor {key} holds NaN or infinite values")
 
 
 def _read_meta(sidecar: Path) -> dict:
@@ -118,7 +193,12 @@ def _read_meta(sidecar: Path) -> dict:
         raise UsageError(f"{sidecar} is not a cvtool checkpoint sidecar "
                          f"(no \"format\": \"{FORMAT}\")")
     if meta.get("format_version") != FORMAT_VERSION:
-        raise UsageError(f"{sidecar} has format_version {meta.get('format_version')!r}; "
+        raise UsageError(f"{sidecar} has format_version {short_repr(meta.get('format_version'))}; "
                          f"this cvtool reads version {FORMAT_VERSION}")
+    classes = meta.get("classes", [])
+    if not isinstance(classes, list) or len(classes) > MAX_CLASSES or not all(
+            isinstance(label, str) and len(label) <= 200 for label in classes):
+        raise UsageError(f"{sidecar}: classes must be a list of at most {MAX_CLASSES} labels "
+                         "(strings of up to 200 characters)")
     return meta
 

@@ -96,10 +96,10 @@ def test_losses_leave_ignored_pixels_out():
     changed[:, :, :3] = torch.randn(2, 4, 3, 8) * 10
     for name in ("ce", "dice", "focal", "ce+dice", "focal+dice"):
         loss = semantic_loss(name)
-        assert loss(logits, masks) == pytest.approx(loss(changed, masks), rel=1e-5), name
+        assert loss(logits, masks).item() == pytest.approx(loss(changed, masks).item(), rel=1e-5), name
     total = semantic_loss("ce+dice")(logits, masks)
     parts = semantic_loss("ce")(logits, masks) + semantic_loss("dice")(logits, masks)
-    assert total == pytest.approx(parts, rel=1e-6)
+    assert total.item() == pytest.approx(parts.item(), rel=1e-6)
 
 
 def test_augmentation_moves_the_mask_with_the_pixels(shapes):

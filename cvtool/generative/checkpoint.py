@@ -74,11 +74,12 @@ def load_generative(model: str) -> LoadedGenerative:
 def _from_checkpoint(path: Path, name: str) -> LoadedGenerative:
     tensors_path = resolve_checkpoint(path)
     state, meta = load_checkpoint(tensors_path)
-    family = (meta.get("generative") or {}).get("family")
+    generative = meta.get("generative")
+    family = generative.get("family") if isinstance(generative, dict) else None
     if meta.get("task") != TASK or family not in FAMILIES:
         raise UsageError(f"{name} is not a generative checkpoint (task {meta.get('task')!r}, "
                          f"family {family!r}; expected {', '.join(FAMILIES)})")
-    module = build_architecture(meta)
+    module = build_architecture(meta, state)
     if getattr(module, "family", None) != family:
         raise UsageError(f"{name}: its builder {meta['architecture']['builder']} does not make "
                          f"a {family} model")

@@ -14,7 +14,13 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.checkpoint import (
+    build_architecture,
+    check_tensors,
+    checked_preprocessing,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from cvtool.models.weights import file_sha256, state_dict_for
 from cvtool.registry import ModelSpec, get_spec, resolve_reference
 from cvtool.status import UsageError
@@ -66,6 +72,7 @@ def classification_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms._presets import ImageClassification
 
+    checked_preprocessing(preprocessing, ("crop_size", "resize_size"))
     try:
         transforms = ImageClassification(
             crop_size=preprocessing["crop_size"], resize_size=preprocessing["resize_size"],
@@ -98,7 +105,7 @@ def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
     state, meta = load_checkpoint(tensors_path)
     if meta.get("task") != "classify" or not isinstance(meta.get("classes"), list):
         raise UsageError(f"{name} is not a classification checkpoint (task {meta.get('task')!r})")
-    module = build_architecture(meta)
+    module = build_architecture(meta, state)
     load_exactly(module, state, f"checkpoint {tensors_path}", name)
     transforms = classification_transforms(meta.get("preprocessing", {}))
     return LoadedModel(name, ready_for_inference(module),
@@ -162,7 +169,9 @@ def fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classes
 
 
 def load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name: str) -> None:
-    """Strict load with a one-line summary of what does not fit."""
+    """Strict load with a one-line summary of what does not fit; tensors the module cannot
+    compute with (integers for floats, NaN) are refused too."""
+    check_tensors(module, state, source)
     expected = module.state_dict()
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]

@@ -79,7 +79,7 @@ def _checkpoint_detector(path: Path, name: str, weights: str, task: str) -> Load
     if meta.get("task") not in SERVES[task] or not isinstance(meta.get("classes"), list):
         raise UsageError(f"{name} is a {meta.get('task')!r} checkpoint; {task} needs one of "
                          f"{', '.join(SERVES[task])}")
-    module = build_architecture(meta)
+    module = build_architecture(meta, state)
     freeze_batch_norms(module, state)
     load_exactly(module, state, f"checkpoint {tensors_path}", name)
     return LoadedModel(name, ready_for_inference(module), [str(c) for c in meta["classes"]],

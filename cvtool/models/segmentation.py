@@ -38,7 +38,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.checkpoint import (
+    build_architecture,
+    checked_preprocessing,
+    load_checkpoint,
+    resolve_checkpoint,
+)
 from cvtool.models.classification import (
     LoadedModel,
     built_and_loaded,
@@ -97,13 +102,9 @@ def segmentation_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
     from torchvision.transforms import InterpolationMode
     from torchvision.transforms._presets import SemanticSegmentation
 
+    checked_preprocessing(preprocessing, ("resize_size",))
     resize = preprocessing.get("resize_size")
-    fits = resize is None or (isinstance(resize, int) and resize > 0) or (
-        isinstance(resize, list) and len(resize) == 2
-        and all(isinstance(side, int) and side > 0 for side in resize))
     try:
-        if not fits:
-            raise ValueError(f"resize_size {resize!r} is not null, a side or [h, w]")
         transforms = SemanticSegmentation(
             resize_size=resize if isinstance(resize, int) else None,
             mean=tuple(preprocessing["mean"]), std=tuple(preprocessing["std"]),
@@ -130,7 +131,7 @@ def _checkpoint_segmenter(path: Path, name: str, weights: str) -> LoadedSegmente
                          f"(task {meta.get('task')!r})")
     transforms = segmentation_transforms(meta.get("preprocessing", {}))
     offline_meta = {**meta, "architecture": _without_downloads(meta.get("architecture"))}
-    module = built_and_loaded(lambda: build_architecture(offline_meta), state,
+    module = built_and_loaded(lambda: build_architecture(offline_meta, state), state,
                               f"checkpoint {tensors_path}", name)
     return _loaded(name, module, [str(label) for label in classes], transforms, str(tensors_path))
 

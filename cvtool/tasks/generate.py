@@ -18,7 +18,7 @@ import torch
 
 from cvtool.context import Environment
 from cvtool.generative import gan, pixelcnn, vae
-from cvtool.generative.checkpoint import LoadedGenerative, load_generative
+from cvtool.generative.checkpoint import LoadedGenerative, describe, load_generative
 from cvtool.generative.images import PNG_MODES, grid, to_uint8, write_png
 from cvtool.generative.layers import prior_latents
 from cvtool.status import UsageError
@@ -113,7 +113,7 @@ def summary(loaded: LoadedGenerative, options: GenerateOptions, images: int, dev
 
 def model_info(loaded: LoadedGenerative) -> dict[str, Any]:
     return {"name": loaded.name, "family": loaded.family, "weights_file": loaded.weights_file,
-            "weights_sha256": loaded.weights_sha256, **loaded.meta["generative"]}
+            "weights_sha256": loaded.weights_sha256, **describe(loaded.module)}
 
 
 class SamplingProgress:
