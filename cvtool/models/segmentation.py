@@ -137,9 +137,10 @@ def _checkpoint_segmenter(path: Path, name: str, weights: str) -> LoadedSegmente
 
 
 def _without_downloads(architecture: Any) -> Any:
-    if not isinstance(architecture, dict) or not isinstance(architecture.get("builder"), str):
+    if not isinstance(architecture, dict) or not isinstance(architecture.get("builder"), str) \
+            or not isinstance(architecture.get("kwargs", {}), dict):
         return architecture  # build_architecture says what is wrong
-    kwargs = dict(architecture.get("kwargs") or {})
+    kwargs = dict(architecture.get("kwargs", {}))
     builder = architecture["builder"]
     if builder.startswith("segmentation_models_pytorch"):
         kwargs["encoder_weights"] = None
