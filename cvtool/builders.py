@@ -36,7 +36,8 @@ def number(low: float, high: float) -> Check:
     def check(name: str, value: Any) -> None:
         if isinstance(value, bool) or not isinstance(value, (int, float)) \
                 or not math.isfinite(value) or not low <= value <= high:
-            raise UsageError(f"kwarg {name}={short_repr(value)} must be a number from {low} to {high}")
+            raise UsageError(f"kwarg {name}={short_repr(value)} must be a number from {low} "
+                             f"to {high}")
     return check
 
 

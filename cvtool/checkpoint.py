@@ -29,11 +29,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.builders import MAX_CLASSES, MAX_SIDE, short_repr, checked_architecture
+from cvtool.builders import MAX_CLASSES, MAX_SIDE, checked_architecture, short_repr
+from cvtool.files import read_regular_text
 from cvtool.registry import resolve_reference
 from cvtool.results import one_line
 from cvtool.status import UsageError
-from cvtool.writers import atomic_open, atomic_path
+from cvtool.writers import atomic_open, atomic_path, strict_json
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -53,7 +54,7 @@ def save_checkpoint(path: Path, state_dict: Mapping[str, Tensor], meta: dict) ->
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoint path must end in .safetensors: {path}")
     # Serialize the sidecar first so a bad meta fails before anything is written.
-    sidecar = json.dumps({**meta, "format": FORMAT, "format_version": FORMAT_VERSION}, indent=2)
+    sidecar = strict_json({**meta, "format": FORMAT, "format_version": FORMAT_VERSION}, indent=2)
     # Cloning drops storage shared between entries (tied weights), which safetensors refuses.
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
     with atomic_path(path) as temp:
@@ -186,7 +187,7 @@ def _read_meta(sidecar: Path) -> dict:
         raise UsageError(f"checkpoint sidecar {sidecar} is missing; "
                          f"a cvtool checkpoint needs both files")
     try:
-        meta = json.loads(sidecar.read_text())
+        meta = json.loads(read_regular_text(sidecar))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"cannot read checkpoint sidecar {sidecar}: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:

@@ -5,9 +5,13 @@ Nothing here imports torch at module level: `cvtool --help` must answer in a fra
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -21,8 +25,12 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from cvtool.bench.cli import benchmark_device
 from cvtool.context import Environment, StdoutClosed, activated, current, finish
 from cvtool.data_cli import data_app
+from cvtool.results import one_line
 from cvtool.status import CvtoolError, ExitStatus
 from cvtool.train.cli import train_app
+
+# A full disk or quota is the resource-unavailable status, not a bug.
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
                   rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -301,7 +309,7 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
     env.debug = env.debug or "--debug" in argv
     command = typer.main.get_command(app)
     try:
-        with activated(env):
+        with activated(env), _warnings_as_lines(env):
             result = command.main(argv, prog_name="cvtool", standalone_mode=False)
         return int(result or 0)
     except typer.Exit as done:
@@ -318,12 +326,45 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
     except CvtoolError as exc:
         _report(env, f"error: {exc.message}")
         return exc.status
+    except OSError as exc:
+        if exc.errno not in RESOURCE_ERRNOS:
+            return _internal_error(env, exc)
+        if exc.filename is None and env.stdout is sys.stdout:
+            _silence_stdout()  # what stdout still buffers cannot be written either
+        where = exc.filename or "standard output"
+        _report(env, f"error: {os.strerror(exc.errno).lower()} writing {where}; no file was left "
+                     "half-written (training continues with --resume once there is room)")
+        return ExitStatus.UNAVAILABLE
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --debug
-        if env.debug:
-            traceback.print_exc(file=env.stderr)
-        _report(env, f"error: internal error: {type(exc).__name__}: {exc} "
-                     "(run with --debug for the traceback)")
-        return ExitStatus.INTERNAL
+        return _internal_error(env, exc)
+
+
+def _internal_error(env: Environment, exc: BaseException) -> int:
+    if env.debug:
+        traceback.print_exc(file=env.stderr)
+    _report(env, f"error: internal error: {type(exc).__name__}: {one_line(exc)} "
+                 "(run with --debug for the traceback)")
+    return ExitStatus.INTERNAL
+
+
+@contextmanager
+def _warnings_as_lines(env: Environment) -> Iterator[None]:
+    """Python warnings (Pillow's, torch's) as cvtool's own one-line warnings, without the
+    library's file and line; each distinct one once per run."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        text = one_line(message if isinstance(message, Warning) else Warning(message))
+        if text not in seen:
+            seen.add(text)
+            env.warn(text)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        # cvtool checks every image against its own --max-pixels before decoding it.
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+        warnings.showwarning = show
+        yield
 
 
 def _report(env: Environment, message: str) -> None:

@@ -17,6 +17,7 @@ from typing import IO, Any
 
 import numpy as np
 
+from cvtool.files import read_regular_text
 from cvtool.results import Record
 from cvtool.status import UsageError
 
@@ -44,7 +45,7 @@ def load_ground_truth(path: Path, warn: Warn) -> dict[str, Any]:
     """A COCO instances file, checked: fatal problems are one-line UsageErrors, while unusable
     annotations (unknown image, bad box) are skipped with one warning saying how many."""
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(read_regular_text(path))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"cannot read --gt {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):

@@ -29,16 +29,23 @@ def check_output_dir(output: Path | None) -> None:
         raise UsageError(f"--output {output} exists and is not a directory")
 
 
+def claim_output(env: Environment, output: Path | None) -> None:
+    """Own `--output DIR` for this run: two runs never interleave run.json or artifacts."""
+    if output is not None:
+        env.own_directory(output, "--output")
+
+
 def classify(env: Environment, sources: list[str], models: list[str], weights: list[str], *,
              topk: int, tta: bool, device: str, precision: str, batch_size: int, workers: int,
              threads: int | None, fmt: str | None, output: Path | None, null: bool,
              max_pixels: int | None, fail_fast: bool, seed: int) -> int:
     fmt = resolve_format(env, fmt, RECORD_FORMATS)
-    check_inputs(sources, output)
+    check_inputs(sources, output, max_pixels)
     from cvtool.runner import Tally, run_info, stream_records, write_run_json
     from cvtool.tasks import classify as task
     from cvtool.writers import make_writer
 
+    claim_output(env, output)
     target, settings = prepare_device(env, device, precision, threads, seed)
     options = task.ClassifyOptions(models=models, weights=weights, topk=topk, tta=tta,
                                    precision=precision, batch_size=batch_size, workers=workers,
@@ -55,7 +62,10 @@ def classify(env: Environment, sources: list[str], models: list[str], weights: l
     return tally.status()
 
 
-def check_inputs(sources: list[str], output: Path | None) -> None:
+def check_inputs(sources: list[str], output: Path | None, max_pixels: int | None) -> None:
+    from cvtool.decode import check_max_pixels
+
+    check_max_pixels(max_pixels)
     check_output_dir(output)
     if not sources:
         raise UsageError("no inputs: give image files, directories, quoted globs, or - for stdin")
@@ -140,7 +150,7 @@ def detect(env: Environment, task_name: str, sources: list[str], model: str, wei
            fail_fast: bool, seed: int) -> int:
     """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
     fmt = resolve_format(env, fmt, DETECTION_FORMATS)
-    check_inputs(sources, output)
+    check_inputs(sources, output, max_pixels)
     if evaluate and gt is None:
         raise UsageError("--eval needs --gt annotations.json to compare against")
     if save_crops and output is None:
@@ -151,6 +161,7 @@ def detect(env: Environment, task_name: str, sources: list[str], model: str, wei
     from cvtool.writers import TeeWriter, make_writer
 
     ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
+    claim_output(env, output)
     target, settings = prepare_device(env, device, precision, threads, seed)
     options = task.DetectOptions(
         task=task_name, model=model, weights=weights, conf=conf, classes=classes,
@@ -196,10 +207,14 @@ def generate(env: Environment, model: str | None, *, num: int, seed: int, output
     check_generate_options(model=model, num=num, output=output, grid=grid, temperature=temperature,
                            interpolate=interpolate, steps=steps, batch_size=batch_size,
                            force=force)
-    import json
-
+    from cvtool.ownership import is_empty
     from cvtool.runner import Tally, run_info, write_run_json
     from cvtool.tasks import generate as task
+    from cvtool.writers import strict_json
+
+    claim_output(env, output)
+    if output is not None and not is_empty(output) and not force:
+        raise UsageError(f"--output {output} is not empty; use --force to write into it anyway")
 
     options = task.GenerateOptions(model=model, num=num, seed=seed, output=output, grid=grid,
                                    temperature=temperature, interpolate=interpolate,
@@ -214,7 +229,7 @@ def generate(env: Environment, model: str | None, *, num: int, seed: int, output
     if output is not None:
         write_run_json(output, run_info(task.TASK, [task.model_info(loaded)], settings, tally))
     summary = task.summary(loaded, options, len(images), settings["device"], tally.seconds)
-    print(json.dumps(summary), file=env.stdout, flush=True)
+    print(strict_json(summary), file=env.stdout, flush=True)
     return ExitStatus.SUCCESS
 
 
@@ -239,8 +254,6 @@ def check_generate_options(*, model: str | None, num: int, output: Path | None, 
         if failed:
             raise UsageError(message)
     check_output_dir(output)
-    if output is not None and output.is_dir() and any(output.iterdir()) and not force:
-        raise UsageError(f"--output {output} is not empty; use --force to write into it anyway")
 
 
 def segment_semantic(env: Environment, sources: list[str], model: str, weights: str, *,
@@ -250,7 +263,7 @@ def segment_semantic(env: Environment, sources: list[str], model: str, weights: 
                      null: bool, max_pixels: int | None, fail_fast: bool, seed: int) -> int:
     """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
     fmt = resolve_format(env, fmt, RECORD_FORMATS)
-    check_inputs(sources, output)
+    check_inputs(sources, output, max_pixels)
     if evaluate and gt_masks is None:
         raise UsageError("--eval needs --gt-masks DIR to compare against")
     if gt_masks is not None and not evaluate:
@@ -259,6 +272,7 @@ def segment_semantic(env: Environment, sources: list[str], model: str, weights: 
     from cvtool.tasks import segment_semantic as task
     from cvtool.writers import make_writer
 
+    claim_output(env, output)
     target, settings = prepare_device(env, device, precision, threads, seed)
     options = task.SegmentOptions(
         model=model, weights=weights, encoder=encoder, precision=precision,

@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
@@ -25,6 +26,8 @@ class Environment:
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     quiet: bool = False
     debug: bool = False
+    # What the run holds until it ends (output directory locks), released by `activated`.
+    resources: ExitStack = field(default_factory=ExitStack)
 
     @property
     def stdout_isatty(self) -> bool:
@@ -57,6 +60,12 @@ class Environment:
     def warn(self, message: str) -> None:
         self.console.print(f"warning: {message}", markup=False, style="yellow")
 
+    def own_directory(self, path: Path, what: str) -> None:
+        """Create `path` if needed and hold it against other processes until the run ends."""
+        from cvtool.ownership import claim_directory
+
+        self.resources.enter_context(claim_directory(path, what))
+
     def progress_bar(self) -> Any:
         """A started, transient rich bar (description, bar, done/total, time left) on stderr,
         or None under --quiet or when stderr is not a terminal. The caller stops it."""
@@ -84,7 +93,8 @@ def activated(env: Environment) -> Iterator[Environment]:
     """Make `env` the one commands see through `current()` for the duration of a run."""
     _active.append(env)
     try:
-        yield env
+        with env.resources:
+            yield env
     finally:
         _active.pop()
 

@@ -9,7 +9,6 @@ a hard link to the first's (a copy where the file system has no hard links).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from collections import Counter
@@ -20,7 +19,7 @@ import typer
 
 from cvtool.context import Environment, current, finish
 from cvtool.status import ExitStatus, UsageError
-from cvtool.writers import atomic_open, atomic_path, write_bytes, write_json
+from cvtool.writers import atomic_open, atomic_path, strict_json, write_bytes, write_json
 
 if TYPE_CHECKING:
     from cvtool.shapes import ShapesImage
@@ -69,7 +68,7 @@ def _write_digits(env: Environment, out_dir: Path, seed: int, val_split: float,
             _write_png(out_dir / split / classes[example.label] / f"{example.name}.png", example)
     summary = {"output": str(out_dir), "train": len(train), "val": len(val),
                "classes": len(classes), "seed": seed, "val_split": val_split}
-    print(json.dumps(summary), file=env.stdout, flush=True)
+    print(strict_json(summary), file=env.stdout, flush=True)
     return ExitStatus.SUCCESS
 
 
@@ -110,7 +109,7 @@ def _write_shapes(env: Environment, out_dir: Path, counts: dict[str, int], seed:
     for split, count in counts.items():
         env.log(f"writing {count} images to {out_dir / 'images' / split}")
         summary[split] = _write_shapes_split(out_dir, split, count, seed)
-    print(json.dumps(summary), file=env.stdout, flush=True)
+    print(strict_json(summary), file=env.stdout, flush=True)
     return ExitStatus.SUCCESS
 
 

@@ -8,16 +8,19 @@ warning filters): a truncated file is an error, not a half-grey image. Pillow an
 from __future__ import annotations
 
 import os
-import stat
+import re
 import struct
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from cvtool.files import open_regular
 from cvtool.results import InputFailure, one_line
+from cvtool.status import UsageError
 
 DEFAULT_MAX_PIXELS: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default (about 0.25 GiB RGBA)
+MAX_PIXELS_LIMIT: int = 2 * DEFAULT_MAX_PIXELS  # Pillow refuses larger images whatever we allow
 
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # What Pillow's decoders raise on damaged data, besides OSError.
@@ -31,7 +34,7 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     small file that claims a huge canvas fails fast instead of allocating it.
     """
     try:
-        file = open(path, "rb")
+        file = open_regular(path)  # a FIFO or device is an error at once, never a wait
     except OSError as exc:
         raise InputFailure(type(exc).__name__, _strerror(exc)) from None
     with file:
@@ -41,8 +44,7 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 
 def _require_content(file: BinaryIO) -> None:
-    info = os.fstat(file.fileno())
-    if stat.S_ISREG(info.st_mode) and info.st_size == 0:
+    if os.fstat(file.fileno()).st_size == 0:
         raise InputFailure("EmptyFile", "file is empty (0 bytes)")
 
 
@@ -52,9 +54,13 @@ def _open(file: BinaryIO, max_pixels: int) -> Image.Image:
     except UnidentifiedImageError:
         raise InputFailure("UnidentifiedImage", "not an image format Pillow can read") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        # Pillow's own header check, against its global limit; the warning arrives as an
-        # exception only where the caller made warnings errors. Either way, it is a bomb.
-        raise InputFailure("DecompressionBomb", one_line(exc)) from None
+        # Pillow's own header check, against its global limit (at most MAX_PIXELS_LIMIT, the
+        # highest --max-pixels); the warning arrives as an exception only where the caller made
+        # warnings errors. Either way it is a bomb, reported against cvtool's one limit.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{found[1]} pixels" if found else "too many pixels"
+        raise InputFailure("DecompressionBomb", f"{pixels}, over the limit of {max_pixels}"
+                           ) from None
     except (OSError, *_CORRUPT_DATA_ERRORS) as exc:
         message = f"cannot read the image header: {one_line(exc)}"
         raise InputFailure("CorruptImage", message) from None
@@ -65,6 +71,13 @@ def _open(file: BinaryIO, max_pixels: int) -> Image.Image:
             f"{width}x{height} is {width * height} pixels, over the limit of {max_pixels}",
         )
     return image
+
+
+def check_max_pixels(max_pixels: int | None) -> None:
+    """--max-pixels: from 1 to Pillow's hard limit, above which Pillow refuses any image."""
+    if max_pixels is not None and not 1 <= max_pixels <= MAX_PIXELS_LIMIT:
+        raise UsageError(f"--max-pixels must be from 1 to {MAX_PIXELS_LIMIT} (Pillow's own "
+                         f"hard limit), not {max_pixels}")
 
 
 def _decode(image: Image.Image) -> Image.Image:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from cvtool.annotate import MASK_ALPHA, encoded, image_name, mirrored, refuse_overwriting_input
+from cvtool.files import open_regular
 from cvtool.results import InputError, InputFailure, one_line
 from cvtool.status import UsageError
 from cvtool.writers import write_bytes
@@ -110,7 +111,7 @@ def read_ground_truth(path: Path, size: tuple[int, int], num_classes: int,
     """The (H, W) int64 class indices of `path`; `InputFailure` if it is unreadable, not one
     channel, not `size` (H, W), or holds values that are neither classes nor `ignore_index`."""
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as file, Image.open(file) as image:
             mode, truth = image.mode, np.asarray(image)
     except (OSError, ValueError, SyntaxError) as error:
         raise InputFailure("InvalidMask", f"cannot read ground-truth mask {path}: "

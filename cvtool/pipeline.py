@@ -11,18 +11,21 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from cvtool.decode import load_image
-from cvtool.results import InputError, InputFailure, Record, one_line
+from cvtool.results import InputError, InputFailure, Record, is_finite, one_line
 from cvtool.sources import Source
 from cvtool.status import ResourceUnavailable
 
 T = TypeVar("T")
 _IDLE = object()  # marker: the next input is not queued yet
 _END = object()  # marker: the sources are exhausted
+NON_FINITE = InputError("NonFiniteOutput", "the model's output for this input holds NaN or "
+                                           "infinite values")
+PATIENCE_SECONDS = 0.5  # how long finished records wait on a slow input before going out
 
 
 @dataclass
@@ -78,6 +81,8 @@ class BatchLoop(Generic[T]):
         for item in pending:
             payload = next(payloads) if item.error is None else {}
             error = payload if isinstance(payload, InputError) else item.error
+            if error is None and not is_finite(payload):
+                error = NON_FINITE
             yield Record(path=item.path, task=self.task, model=self.model_name, width=item.width,
                          height=item.height, error=error, payload={} if error else payload)
 
@@ -100,6 +105,8 @@ class BatchLoop(Generic[T]):
                     return
                 if isinstance(item, BaseException):
                     raise item
+                if not item.done() and not wait([item], timeout=PATIENCE_SECONDS).done:
+                    yield _IDLE  # a slow input: what is ready goes out first
                 yield item.result()
         finally:
             executor.shutdown(wait=False, cancel_futures=True)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,7 +43,7 @@ class Record:
     def to_dict(self) -> dict[str, Any]:
         if self.error is not None:
             return {
-                "path": self.path,
+                **path_fields(self.path),
                 "ok": False,
                 "task": self.task,
                 "model": self.model,
@@ -49,7 +52,7 @@ class Record:
                 "error": {"type": self.error.type, "message": self.error.message},
             }
         return {
-            "path": self.path,
+            **path_fields(self.path),
             "ok": True,
             "task": self.task,
             "model": self.model,
@@ -57,6 +60,47 @@ class Record:
             "height": self.height,
             **self.payload,
         }
+
+
+def path_fields(path: str) -> dict[str, str]:
+    """`path` as strict UTF-8; a path whose bytes are not UTF-8 (Python holds them as lone
+    surrogates) reads with U+FFFD in their place, and `path_bytes` keeps the exact bytes in
+    base64 (RFC 4648), so the record still names the file byte for byte."""
+    if printable(path) == path:
+        return {"path": path}
+    raw = os.fsencode(path) if _escaped_bytes_only(path) else path.encode("utf-8", "replace")
+    return {"path": printable(path), "path_bytes": base64.b64encode(raw).decode("ascii")}
+
+
+def printable(text: str) -> str:
+    """`text` with every lone surrogate (undecodable bytes) replaced by U+FFFD: encodable as
+    strict UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that stand for no byte (from JSON escapes)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def _escaped_bytes_only(text: str) -> bool:
+    try:
+        text.encode("utf-8", "surrogateescape")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def is_finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a payload of dicts, lists and numbers."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(is_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(is_finite(item) for item in value)
+    return True
 
 
 class InputFailure(Exception):

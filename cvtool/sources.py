@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import glob
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -90,16 +91,35 @@ def _chunk_reader(stream: IO[bytes]) -> Callable[[int], bytes]:
     return lambda size: os.read(fd, size)
 
 
-def expand_spec(spec: str) -> Iterator[Source]:
-    """One argument: an existing path wins over a glob reading, so `[1].png` can be named as is."""
-    if os.path.isdir(spec):
-        yield from walk_directory(spec)
-    elif os.path.lexists(spec):
+def expand_spec(spec: str, named: bool = True) -> Iterator[Source]:
+    """One argument: an existing path wins over a glob reading, so `[1].png` can be named as is.
+
+    A directory `named` on the command line (not a glob's match) that holds no image file is an
+    error record of its own (`NoImages`), so an empty or mistyped folder never passes as success.
+    """
+    try:
+        is_directory = stat.S_ISDIR(os.stat(spec).st_mode)
+    except FileNotFoundError:
+        if os.path.lexists(spec):
+            yield Source(spec)  # a dangling link: decode reports it
+        elif _GLOB_MAGIC & set(spec):
+            yield from _expand_glob(spec)
+        else:
+            yield Source(spec, InputError("FileNotFoundError", "no such file or directory"))
+        return
+    except OSError as exc:  # permission denied on a folder above it, a name too long, a loop
+        yield Source(spec, _os_error(exc))
+        return
+    if not is_directory:
         yield Source(spec)  # named explicitly: any extension; decode reports what it is
-    elif _GLOB_MAGIC & set(spec):
-        yield from _expand_glob(spec)
-    else:
-        yield Source(spec, InputError("FileNotFoundError", "no such file or directory"))
+        return
+    found = False
+    for source in walk_directory(spec):
+        found = True
+        yield source
+    if named and not found:
+        yield Source(spec, InputError("NoImages", "directory holds no image files "
+                                      f"({', '.join(sorted(IMAGE_EXTENSIONS))})"))
 
 
 def _expand_glob(pattern: str) -> Iterator[Source]:
@@ -111,7 +131,7 @@ def _expand_glob(pattern: str) -> Iterator[Source]:
     # so a path reached through two matches is used once.
     seen: set[str] = set()
     for match in matches:
-        for source in expand_spec(match):
+        for source in expand_spec(match, named=False):
             if source.path not in seen:
                 seen.add(source.path)
                 yield source

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from cvtool.results import Record
+from cvtool.results import Record, printable
 
 RECORD_FORMATS = ("table", "jsonl", "csv", "coco")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # For csv: the list in each task's payload that becomes one row per item, and the item's columns.
 CSV_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -33,6 +36,7 @@ CSV_ITEMS: dict[str, tuple[str, tuple[str, ...]]] = {
 TABLE_ITEMS = 5  # detections named per row of the table; jsonl and csv carry them all
 CSV_BASE = ("path", "ok", "task", "model", "width", "height")
 CSV_ERROR = ("error_type", "error_message")
+CSV_PATH_BYTES = "path_bytes"  # base64 of the path's bytes, only where they are not UTF-8
 
 
 class RecordWriter(Protocol):
@@ -45,7 +49,7 @@ class JsonlWriter:
         self.stream = stream
 
     def write(self, record: Record) -> None:
-        self.stream.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
+        self.stream.write(strict_json(record.to_dict()) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -58,22 +62,28 @@ class CsvWriter:
     def __init__(self, stream: IO[str], task: str) -> None:
         self.stream = stream
         self.items_key, self.item_columns = CSV_ITEMS[task]
-        self.writer = csv.DictWriter(stream, fieldnames=[*CSV_BASE, *self.item_columns, *CSV_ERROR],
-                                     lineterminator="\n")
+        self.writer = csv.DictWriter(
+            stream, fieldnames=[*CSV_BASE, *self.item_columns, *CSV_ERROR, CSV_PATH_BYTES],
+            lineterminator="\n")
         self.writer.writeheader()
 
     def write(self, record: Record) -> None:
-        base = {key: record.to_dict()[key] for key in CSV_BASE}
+        fields = record.to_dict()
+        base = {key: fields.get(key) for key in (*CSV_BASE, CSV_PATH_BYTES)}
         if record.error is not None:
-            self.writer.writerow({**base, "error_type": record.error.type,
-                                  "error_message": record.error.message})
+            self._row({**base, "error_type": record.error.type,
+                       "error_message": record.error.message})
         scalars = {key: value for key, value in record.payload.items()
                    if not isinstance(value, (list, dict))}
         for rank, item in enumerate(record.payload.get(self.items_key, []), start=1):
             flat = {**scalars, **item, **dict(zip(("x1", "y1", "x2", "y2"), item.get("box", ())))}
             row = {column: flat.get(column) for column in self.item_columns}
-            self.writer.writerow({**base, **row, "rank": rank})
+            self._row({**base, **row, "rank": rank})
         self.stream.flush()
+
+    def _row(self, row: dict[str, Any]) -> None:
+        self.writer.writerow({key: printable(value) if isinstance(value, str) else value
+                              for key, value in row.items()})
 
     def close(self) -> None:
         self.stream.flush()
@@ -93,7 +103,7 @@ class TableWriter:
 
     def write(self, record: Record) -> None:
         size = f"{record.width}x{record.height}" if record.width else ""
-        self.table.add_row(record.path, size, self._summary(record))
+        self.table.add_row(printable(record.path), size, printable(self._summary(record)))
 
     def _summary(self, record: Record) -> str:
         if record.error is not None:
@@ -126,7 +136,7 @@ class CocoWriter:
         self.collector.write(record)
 
     def close(self) -> None:
-        json.dump(self.collector.results, self.stream, ensure_ascii=False)
+        self.stream.write(strict_json(self.collector.results))
         self.stream.write("\n")
         self.stream.flush()
 
@@ -160,6 +170,30 @@ def make_writer(fmt: str, stream: IO[str], task: str, no_color: bool = False,
     raise ValueError(f"no record writer for format {fmt!r}")
 
 
+def strict_json(data: Any, indent: int | None = None) -> str:
+    """`data` as RFC 8259 JSON that strict parsers accept: UTF-8 text with no lone surrogates
+    (undecodable bytes become U+FFFD) and no NaN or Infinity (they become null)."""
+    try:
+        text = json.dumps(data, ensure_ascii=False, allow_nan=False, indent=indent)
+    except ValueError:  # a NaN or infinity somewhere
+        return json.dumps(_strict(data), ensure_ascii=False, allow_nan=False, indent=indent)
+    if _SURROGATE.search(text):
+        return json.dumps(_strict(data), ensure_ascii=False, allow_nan=False, indent=indent)
+    return text
+
+
+def _strict(value: Any) -> Any:
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {printable(str(key)): _strict(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict(item) for item in value]
+    return value
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temp path beside `path`, renamed over it once the block succeeds: readers never see
@@ -172,8 +206,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and exc.filename is None:
+            exc.filename = str(path)  # a write to the handle names no file; say which
         raise
 
 
@@ -198,7 +234,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w") as handle:
-        json.dump(data, handle, indent=2, ensure_ascii=False)
+        handle.write(strict_json(data, indent=2))
         handle.write("\n")
 
 
@@ -207,7 +243,7 @@ def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
     """Flat rows (listings, summaries) as a table, JSON lines or CSV."""
     columns = list(rows[0]) if rows else []
     if fmt == "jsonl":
-        stream.writelines(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+        stream.writelines(strict_json(row) + "\n" for row in rows)
     elif fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
         writer.writeheader()

@@ -135,8 +135,12 @@ def read_state_dict(path: Path) -> dict[str, Any]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, pickle.UnpicklingError, OSError, RuntimeError, ValueError,
-            EOFError) as error:
+    except pickle.UnpicklingError:
+        # torch's own text advises weights_only=False, which would run the file's code.
+        raise UsageError(f"cannot read weights file {path}: it holds pickled objects other than "
+                         "tensors, which cvtool never unpickles; save a state dict of tensors "
+                         "(torch.save(model.state_dict(), ...)) or a .safetensors file") from None
+    except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as error:
         raise UsageError(f"cannot read weights file {path}: {one_line(error)}") from None
 
 

@@ -5,6 +5,8 @@ No torch here: the CLI validates options before anything heavy is imported.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -85,8 +87,36 @@ class ClassifyConfig:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> ClassifyConfig:
-        known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
+        return config_from_dict(cls, saved)
+
+
+def config_from_dict(cls: type, saved: Any) -> Any:
+    """A config from a run's config.json, which is untrusted: every known field must have its
+    annotated type (then the config's own checks run); unknown fields are ignored."""
+    if not isinstance(saved, dict):
+        raise UsageError("its \"config\" is not an object")
+    values = {}
+    for item in fields(cls):
+        if item.name in saved:
+            if not _has_type(saved[item.name], str(item.type)):
+                raise UsageError(f"config field {item.name!r} must be {item.type}, not "
+                                 f"{json.dumps(saved[item.name])[:60]}")
+            values[item.name] = saved[item.name]
+    try:
+        return cls(**values)
+    except TypeError as error:  # a required field is missing
+        raise UsageError(f"config is incomplete: {error}") from None
+
+
+def _has_type(value: Any, annotation: str) -> bool:
+    checks = {"None": lambda v: v is None, "str": lambda v: isinstance(v, str),
+              "bool": lambda v: isinstance(v, bool),
+              "int": lambda v: isinstance(v, int) and not isinstance(v, bool),
+              "float": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+              and math.isfinite(v),
+              "list[int]": lambda v: isinstance(v, list) and all(
+                  isinstance(i, int) and not isinstance(i, bool) for i in v)}
+    return any(checks[part.strip()](value) for part in annotation.split("|"))
 
 
 def _require(condition: bool, message: str) -> None:
@@ -158,8 +188,7 @@ class DetectionConfig:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> DetectionConfig:
-        known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
+        return config_from_dict(cls, saved)
 
 
 SEMANTIC_LOSS_TERMS = ("ce", "dice", "focal")
@@ -223,8 +252,7 @@ class SemanticConfig:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> SemanticConfig:
-        known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
+        return config_from_dict(cls, saved)
 
 
 GENERATIVE_FAMILIES = ("pixelcnn", "vae", "gan")
@@ -281,5 +309,4 @@ class GenerateConfig:
 
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> GenerateConfig:
-        known = {field.name for field in fields(cls)}
-        return cls(**{key: value for key, value in saved.items() if key in known})
+        return config_from_dict(cls, saved)

@@ -7,7 +7,6 @@ confusion_matrix.png. The summary (metrics.json) also goes to stdout as one JSON
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from cvtool.train.state import (
     save_state,
     write_metrics_lines,
 )
-from cvtool.writers import write_json
+from cvtool.writers import strict_json, write_json
 
 SANITY_EXAMPLES = 128
 
@@ -54,7 +53,7 @@ def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Pat
         summary = train_knn(env, config, data, run_dir, _meta(config, data, {}))
     else:
         summary = _train_network(env, config, data, run_dir, target, resume)
-    env.stdout.write(json.dumps(summary) + "\n")
+    env.stdout.write(strict_json(summary) + "\n")
     env.stdout.flush()
     return ExitStatus.SUCCESS
 
@@ -67,7 +66,8 @@ def _train_network(env: Environment, config: ClassifyConfig, data: Classificatio
     meta = _meta(config, data, architecture)
     trainer = Trainer(module, loop_settings({**config.to_dict(), "lr": config.resolved_lr}),
                       device, data.train, data.val)
-    state = load_state(run_dir, trainer.model, trainer.optimizer) if resume else TrainingState()
+    state = (load_state(run_dir, trainer.model, trainer.optimizer, env.warn) if resume
+             else TrainingState())
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     else:  # a new run, or one killed before its first epoch was committed

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 from cvtool.checkpoint import save_checkpoint
 from cvtool.context import Environment
+from cvtool.files import read_regular_text
+from cvtool.results import one_line
 from cvtool.runner import versions
 from cvtool.status import ExitStatus, UsageError
 from cvtool.train.loop import EpochTrainer
@@ -28,7 +30,7 @@ from cvtool.train.state import (
     save_state,
     write_metrics_lines,
 )
-from cvtool.writers import write_json
+from cvtool.writers import strict_json, write_json
 
 
 class Config(Protocol):
@@ -47,6 +49,7 @@ def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config
 
     target = resolve_device(device)
     set_threads(threads)
+    env.own_directory(run_dir, "run directory")
     prepare_run_dir(run_dir, resume, force)
     if resume:
         config = _resumed_config(run_dir, config_type, config)
@@ -59,8 +62,14 @@ def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config
 def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | None) -> Any:
     """The run's own config; `changes` may only raise `epochs` (the schedule then spans the new
     total from the next epoch on), which config.json keeps for later resumes."""
-    saved = json.loads((run_dir / CONFIG).read_text())
-    config = config_type.from_dict(saved["config"])
+    try:
+        saved = json.loads(read_regular_text(run_dir / CONFIG))
+        if not isinstance(saved, dict):
+            raise UsageError("it is not a JSON object")
+        config = config_type.from_dict(saved.get("config"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, UsageError) as error:
+        reason = error.message if isinstance(error, UsageError) else one_line(error)
+        raise UsageError(f"--resume {run_dir}: cannot use its {CONFIG}: {reason}") from None
     if changes and changes.get("epochs") not in (None, config.epochs):
         if changes["epochs"] < config.epochs:
             raise UsageError(f"--epochs {changes['epochs']} is below the {config.epochs} the "
@@ -76,7 +85,8 @@ def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config:
     """Run (or continue) the epochs, committing each: last (and best) checkpoints, then the
     state. `meta` is the checkpoint meta every epoch shares; `logged` the figures of the
     per-epoch log line."""
-    state = load_state(run_dir, trainer.model, trainer.optimizer) if resume else TrainingState()
+    state = (load_state(run_dir, trainer.model, trainer.optimizer, env.warn) if resume
+             else TrainingState())
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     else:  # a new run, or one killed before its first epoch was committed
@@ -116,7 +126,7 @@ def finish_run(env: Environment, run_dir: Path, state: TrainingState,
                "final_train_loss": state.history[-1]["train_loss"],
                "train_seconds": round(sum(row["seconds"] for row in state.history), 3)}
     write_json(run_dir / "metrics.json", summary)
-    env.stdout.write(json.dumps(summary) + "\n")
+    env.stdout.write(strict_json(summary) + "\n")
     env.stdout.flush()
     return ExitStatus.SUCCESS
 

@@ -9,7 +9,7 @@ safetensors, the rest to JSON.
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,8 +19,9 @@ import torch  # noqa: TID253
 from torch import nn  # noqa: TID253
 
 from cvtool.checkpoint import load_checkpoint, save_checkpoint
+from cvtool.ownership import is_empty
 from cvtool.status import UsageError
-from cvtool.writers import atomic_open
+from cvtool.writers import atomic_open, strict_json
 
 STATE_DIR = "state"
 CONFIG = "config.json"
@@ -39,14 +40,19 @@ class TrainingState:
 
 
 def prepare_run_dir(path: Path, resume: bool, force: bool) -> None:
-    """A new run needs an empty (or absent) directory unless --force; resume needs a state."""
+    """A new run needs an empty (or absent) directory unless --force; resume needs a state, or
+    --force to start over where epochs were trained but no state is left."""
     if resume:
         if not (path / CONFIG).is_file():
             raise UsageError(f"--resume {path}: not a training run directory (no {CONFIG})")
+        if not force and not has_committed_state(path) and (path / "last.safetensors").exists():
+            raise UsageError(f"--resume {path}: epochs were trained (last.safetensors) but "
+                             f"{STATE_DIR}/ holds no committed epoch to continue from; add "
+                             "--force to train it again from epoch 1")
         return
     if path.exists() and not path.is_dir():
         raise UsageError(f"--output {path} exists and is not a directory")
-    if path.is_dir() and any(path.iterdir()) and not force:
+    if path.is_dir() and not is_empty(path) and not force:
         raise UsageError(f"--output {path} is not empty; use --resume {path} to continue that "
                          f"run or --force to start over in it")
     for stale in (path / STATE_DIR).glob("epoch-*") if force else ():
@@ -77,26 +83,68 @@ def save_state(run_dir: Path, state: TrainingState, model: nn.Module,
     write_metrics_lines(run_dir, state.history)
 
 
-def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
-    """Restore the newest committed epoch into `model` and `optimizer`; RNGs included."""
-    committed = _committed(run_dir)
-    if not committed:
-        return TrainingState()
-    tensors, meta = load_checkpoint(committed[0])
-    model.load_state_dict({key[6:]: value for key, value in tensors.items()
-                           if key.startswith("model.")})
-    optimizer.load_state_dict(_optimizer_state(tensors, meta["optimizer"]))
-    _restore_rng(tensors)
-    fields = TrainingState.__dataclass_fields__
+def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+               warn: Callable[[str], None]) -> TrainingState:
+    """Restore the newest complete committed epoch into `model` and `optimizer`, RNGs
+    included. A state whose tensors are missing or whose fields do not check out is passed
+    over with a warning for the next older one; nothing is applied until a state has passed."""
+    for sidecar in _committed(run_dir):
+        try:
+            tensors, meta = load_checkpoint(sidecar)
+            state, weights, optimizer_state = _checked_state(tensors, meta, model)
+        except UsageError as error:
+            warn(f"passing over {sidecar}: {error.message}")
+            continue
+        model.load_state_dict(weights)
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (KeyError, TypeError, ValueError, IndexError) as error:
+            raise UsageError(f"{sidecar}: optimizer state does not fit: {error}") from None
+        _restore_rng(tensors)
+        write_metrics_lines(run_dir, state.history)
+        return state
+    return TrainingState()
+
+
+def has_committed_state(run_dir: Path) -> bool:
+    return bool(_committed(run_dir))
+
+
+def _checked_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                   model: nn.Module) -> tuple[TrainingState, dict[str, torch.Tensor], dict]:
+    """The state, model weights and optimizer state a sidecar and its tensors describe, refused
+    (UsageError) unless every field has the type and shape training needs."""
+    weights = {key[6:]: value for key, value in tensors.items() if key.startswith("model.")}
+    expected = model.state_dict()
+    if set(weights) != set(expected) or any(weights[key].shape != expected[key].shape
+                                            for key in expected):
+        raise UsageError("its model tensors do not fit this run's model")
+    rng = tensors.get("rng.cpu")
+    if rng is None or rng.dtype != torch.uint8:
+        raise UsageError("its random-number state is missing")
     meta.setdefault("best_score", meta.get("best_val_accuracy", -1.0))  # its earlier name
+    fields = TrainingState.__dataclass_fields__
     state = TrainingState(**{key: value for key, value in meta.items() if key in fields})
-    write_metrics_lines(run_dir, state.history)
-    return state
+    history_ok = isinstance(state.history, list) and all(
+        isinstance(row, dict) and isinstance(row.get("epoch"), int) for row in state.history)
+    if not (isinstance(state.epoch, int) and state.epoch >= 1 and history_ok
+            and len(state.history) == state.epoch and isinstance(state.best_epoch, int)
+            and isinstance(state.best_score, (int, float)) and isinstance(state.extra, dict)):
+        raise UsageError("its epoch, history or best-epoch fields are damaged")
+    saved = meta.get("optimizer")
+    if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list) \
+            or not isinstance(saved.get("scalars"), dict):
+        raise UsageError("its optimizer state is damaged")
+    try:
+        optimizer_state = _optimizer_state(tensors, saved)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise UsageError(f"its optimizer state is damaged ({error})") from None
+    return state, weights, optimizer_state
 
 
 def write_metrics_lines(run_dir: Path, history: list[dict[str, Any]]) -> None:
     with atomic_open(run_dir / METRICS_LINES, "w") as handle:
-        handle.writelines(json.dumps(row) + "\n" for row in history)
+        handle.writelines(strict_json(row) + "\n" for row in history)
 
 
 def _committed(run_dir: Path) -> list[Path]:
