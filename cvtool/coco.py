@@ -21,6 +21,8 @@ from cvtool.files import read_regular_text
 from cvtool.results import Record
 from cvtool.status import UsageError
 
+MAX_CATEGORY_ID = 100_000
+
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
               "AR1", "AR10", "AR100", "AR_small", "AR_medium", "AR_large")
 Warn = Callable[[str], None]
@@ -54,14 +56,18 @@ def load_ground_truth(path: Path, warn: Warn) -> dict[str, Any]:
     if len(images) != len(data["images"]):
         raise UsageError(f"--gt {path}: image ids are not unique")
     given = data.get("annotations") or []
-    checked = (_checked_annotation(a, images, n) for n, a in enumerate(given, start=1))
+    if not isinstance(given, list):
+        raise UsageError(f"--gt {path}: \"annotations\" is not a list")
+    categories = _checked_categories(data.get("categories"), path)
+    known = {category["id"] for category in categories} if categories else None
+    checked = (_checked_annotation(a, images, n, known) for n, a in enumerate(given, start=1))
     annotations = [annotation for annotation in checked if annotation is not None]
     if skipped := len(given) - len(annotations):
         warn(f"--gt {path}: skipped {skipped} annotations with no valid image_id, category_id "
-             "or bbox inside the image")
+             "(one of the categories), bbox inside the image or segmentation")
     if not annotations:
         warn(f"--gt {path} has no usable annotations: every metric will be -1")
-    categories = data.get("categories") or _categories_from(annotations)
+    categories = categories or _categories_from(annotations)
     return {"images": list(images.values()), "annotations": annotations,
             "categories": categories}
 
@@ -74,9 +80,29 @@ def _image_key(image: Any, path: Path) -> int:
     return image["id"]
 
 
-def _checked_annotation(annotation: Any, images: dict[int, dict], number: int) -> dict | None:
+def _checked_categories(categories: Any, path: Path) -> list[dict[str, Any]]:
+    """The file's categories; ids are integers from 1 to MAX_CATEGORY_ID (a label table that
+    size is what a model gets), so a stray id of 10^9 is an error, not a 1 TB allocation."""
+    if not categories:
+        return []
+    if not isinstance(categories, list) or not all(
+            isinstance(c, dict) and isinstance(c.get("id"), int) and not isinstance(c["id"], bool)
+            for c in categories):
+        raise UsageError(f"--gt {path}: \"categories\" must be a list of objects with an "
+                         "integer \"id\"")
+    if wrong := [c["id"] for c in categories if not 1 <= c["id"] <= MAX_CATEGORY_ID]:
+        raise UsageError(f"--gt {path}: category id {wrong[0]} is outside 1-{MAX_CATEGORY_ID}")
+    return categories
+
+
+def _checked_annotation(annotation: Any, images: dict[int, dict], number: int,
+                        categories: set[int] | None) -> dict | None:
     if not isinstance(annotation, dict) or annotation.get("image_id") not in images \
-            or not isinstance(annotation.get("category_id"), int):
+            or not isinstance(annotation.get("category_id"), int) \
+            or isinstance(annotation["category_id"], bool):
+        return None
+    if not (1 <= annotation["category_id"] <= MAX_CATEGORY_ID) or (
+            categories is not None and annotation["category_id"] not in categories):
         return None
     box = annotation.get("bbox")
     if not (isinstance(box, list) and len(box) == 4
@@ -87,8 +113,63 @@ def _checked_annotation(annotation: Any, images: dict[int, dict], number: int) -
     width, height = image.get("width", math.inf), image.get("height", math.inf)
     if w <= 0 or h <= 0 or x < 0 or y < 0 or x + w > width + 1 or y + h > height + 1:
         return None
+    if "segmentation" in annotation and not valid_segmentation(annotation["segmentation"],
+                                                              image):
+        return None
     # COCOeval reads these; a hand-made file often leaves them out.
     return {"id": number, "iscrowd": 0, "area": w * h, **annotation}
+
+
+def valid_segmentation(segmentation: Any, image: dict[str, Any]) -> bool:
+    """Polygons of at least three finite points, or an RLE (compressed or not) of the image's
+    size whose runs add up to its pixels. pycocotools' C decoder trusts its input (a run too
+    long writes past the mask), so nothing reaches it unchecked."""
+    if isinstance(segmentation, list):
+        return bool(segmentation) and all(
+            isinstance(polygon, list) and len(polygon) >= 6 and len(polygon) % 2 == 0
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    for v in polygon) for polygon in segmentation)
+    if not isinstance(segmentation, dict):
+        return False
+    size = segmentation.get("size")
+    if not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(side, int) and not isinstance(side, bool) and 0 < side <= 1 << 16
+            for side in size)) or size != [image.get("height", size[0]),
+                                           image.get("width", size[1])]:
+        return False
+    counts = segmentation.get("counts")
+    try:
+        runs = rle_runs(counts) if isinstance(counts, str) else counts
+    except ValueError:
+        return False
+    return isinstance(runs, list) and all(
+        isinstance(run, int) and not isinstance(run, bool) and run >= 0 for run in runs) \
+        and sum(runs) == size[0] * size[1]
+
+
+def rle_runs(counts: str) -> list[int]:
+    """The run lengths of a compressed COCO RLE string (pycocotools' rleFrString, in Python)."""
+    runs: list[int] = []
+    position = 0
+    while position < len(counts):
+        value = shift = 0
+        more = True
+        while more:
+            if position >= len(counts) or shift > 6:
+                raise ValueError("truncated or over-long RLE run")
+            code = ord(counts[position]) - 48
+            if not 0 <= code < 64:
+                raise ValueError(f"character {counts[position]!r} is not RLE")
+            value |= (code & 0x1F) << 5 * shift
+            more = bool(code & 0x20)
+            position += 1
+            shift += 1
+            if not more and code & 0x10:
+                value |= -1 << 5 * shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
 
 
 def _categories_from(annotations: list[dict]) -> list[dict[str, Any]]:

@@ -91,8 +91,11 @@ def _describe_owner(fd: int) -> None:
     command = " ".join(["cvtool", *sys.argv[1:]])[:300]
     started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
     line = f"pid {os.getpid()} on {socket.gethostname()} since {started} ({command})\n"
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+    except OSError:  # a full disk: the lock holds without its description
+        pass
 
 
 def _owner(fd: int) -> str:

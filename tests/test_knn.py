@@ -69,7 +69,10 @@ def test_checkpoint_round_trip_gives_identical_outputs(digits: ClassificationDat
 def test_bad_kwargs_in_a_checkpoint_are_usage_errors() -> None:
     meta = {"architecture": {"builder": "cvtool.models.knn:KNearestNeighbors", "kwargs": {
         "num_features": 4, "num_train": 2, "num_classes": 2, "k": 1, "distance": "l3"}}}
-    with pytest.raises(UsageError, match="distance must be one of l1, l2"):
+    with pytest.raises(UsageError, match="kwarg distance='l3' must be one of 'l1', 'l2'"):
+        build_architecture(meta)
+    meta["architecture"]["kwargs"].update(distance="l2", k=3)  # k above num_train: the builder's
+    with pytest.raises(UsageError, match="k must be between 1 and num_train"):
         build_architecture(meta)
 
 

@@ -17,6 +17,7 @@ All randomness comes from torch's global generator, which the run state saves fo
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,9 +28,10 @@ import numpy as np
 # Imported only once a training command runs, never by the CLI's start-up.
 import torch  # noqa: TID253
 
-from cvtool.coco import load_ground_truth
+from cvtool.coco import MAX_CATEGORY_ID, load_ground_truth
 from cvtool.decode import load_image
-from cvtool.results import InputFailure
+from cvtool.files import open_regular
+from cvtool.results import InputFailure, one_line
 from cvtool.status import UsageError
 
 SPLITS = ("train", "val")
@@ -89,7 +91,8 @@ def _load_split(root: Path, name: str, masks: bool, warn: Warn) -> CocoSplit:
     samples, problems = [], []
     for image in ground_truth["images"]:
         file = root / "images" / image["file_name"]
-        if problem := _image_problem(file, image):
+        if problem := _escape_problem(root / "images", image["file_name"]) \
+                or _image_problem(file, image):
             problems.append(problem)
             continue
         samples.append(Sample(image["id"], file, by_image.get(image["id"], [])))
@@ -98,6 +101,9 @@ def _load_split(root: Path, name: str, masks: bool, warn: Warn) -> CocoSplit:
              + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
     if not samples:
         raise UsageError(f"{path}: none of its images could be read under {root / 'images'}")
+    if name == "train" and not any(sample.annotations for sample in samples):
+        raise UsageError(f"{path}: no usable annotation on any readable image; there is "
+                         "nothing to train on")
     kept = {sample.image_id for sample in samples}
     ground_truth = {**ground_truth,
                     "images": [i for i in ground_truth["images"] if i["id"] in kept],
@@ -111,6 +117,14 @@ def _has_segmentation(annotation: dict[str, Any]) -> bool:
     return isinstance(segmentation, (list, dict)) and bool(segmentation)
 
 
+def _escape_problem(images: Path, file_name: str) -> str | None:
+    """A file_name must name a file under images/: no absolute path, no way out through `..`."""
+    joined = os.path.normpath(images / file_name)
+    if Path(file_name).is_absolute() or not joined.startswith(os.path.normpath(images) + os.sep):
+        return f"file_name {file_name!r} points outside {images}"
+    return None
+
+
 def _image_problem(file: Path, image: dict[str, Any]) -> str | None:
     """Why `file` cannot be used for `image` (missing, unreadable, other size), or None."""
     if not file.is_file():
@@ -118,10 +132,10 @@ def _image_problem(file: Path, image: dict[str, Any]) -> str | None:
     try:
         from PIL import Image
 
-        with Image.open(file) as opened:
+        with open_regular(file) as handle, Image.open(handle) as opened:
             size = opened.size
-    except OSError as error:
-        return f"{file}: {error}"
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"{file}: {one_line(error)}"
     expected = (image.get("width", size[0]), image.get("height", size[1]))
     if size != expected and size[::-1] != expected:
         return f"{file} is {size[0]}x{size[1]}, its entry says {expected[0]}x{expected[1]}"
@@ -136,6 +150,8 @@ def _classes(categories: list[dict[str, Any]]) -> list[str]:
             names.setdefault(category["id"], str(category.get("name", category["id"])))
     if not names:
         raise UsageError("the annotations define no categories with positive ids")
+    if max(names) > MAX_CATEGORY_ID:  # load_ground_truth bounds them; hand-made dicts too
+        raise UsageError(f"category id {max(names)} is above {MAX_CATEGORY_ID}")
     return [BACKGROUND] + [names.get(i, UNUSED) for i in range(1, max(names) + 1)]
 
 

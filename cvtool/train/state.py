@@ -45,9 +45,9 @@ def prepare_run_dir(path: Path, resume: bool, force: bool) -> None:
     if resume:
         if not (path / CONFIG).is_file():
             raise UsageError(f"--resume {path}: not a training run directory (no {CONFIG})")
-        if not force and not has_committed_state(path) and (path / "last.safetensors").exists():
-            raise UsageError(f"--resume {path}: epochs were trained (last.safetensors) but "
-                             f"{STATE_DIR}/ holds no committed epoch to continue from; add "
+        if not force and not has_committed_state(path) and _logged_epochs(path):
+            raise UsageError(f"--resume {path}: {METRICS_LINES} lists finished epochs but "
+                             f"{STATE_DIR}/ holds no complete state to continue from; add "
                              "--force to train it again from epoch 1")
         return
     if path.exists() and not path.is_dir():
@@ -108,6 +108,14 @@ def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
 
 def has_committed_state(run_dir: Path) -> bool:
     return bool(_committed(run_dir))
+
+
+def _logged_epochs(run_dir: Path) -> bool:
+    """Whether metrics.jsonl (rewritten after each committed epoch) names any epoch."""
+    try:
+        return bool((run_dir / METRICS_LINES).read_text().strip())
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def _checked_state(tensors: dict[str, torch.Tensor], meta: dict[str, Any],
