@@ -43,7 +43,7 @@ def decode_mask(rle: dict[str, Any]) -> np.ndarray:
     return mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode("ascii")}) > 0
 
 
-def load_ground_truth(path: Path, warn: Warn) -> dict[str, Any]:
+def load_ground_truth(path: Path, warn: Warn, evaluating: bool = True) -> dict[str, Any]:
     """A COCO instances file, checked: fatal problems are one-line UsageErrors, while unusable
     annotations (unknown image, bad box) are skipped with one warning saying how many."""
     try:
@@ -51,22 +51,22 @@ def load_ground_truth(path: Path, warn: Warn) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UsageError(f"cannot read --gt {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
-        raise UsageError(f"--gt {path} is not a COCO file: no \"images\" list")
+        raise UsageError(f"{path} is not a COCO file: no \"images\" list")
     images = {_image_key(image, path): image for image in data["images"]}
     if len(images) != len(data["images"]):
-        raise UsageError(f"--gt {path}: image ids are not unique")
+        raise UsageError(f"{path}: image ids are not unique")
     given = data.get("annotations") or []
     if not isinstance(given, list):
-        raise UsageError(f"--gt {path}: \"annotations\" is not a list")
+        raise UsageError(f"{path}: \"annotations\" is not a list")
     categories = _checked_categories(data.get("categories"), path)
     known = {category["id"] for category in categories} if categories else None
     checked = (_checked_annotation(a, images, n, known) for n, a in enumerate(given, start=1))
     annotations = [annotation for annotation in checked if annotation is not None]
     if skipped := len(given) - len(annotations):
-        warn(f"--gt {path}: skipped {skipped} annotations with no valid image_id, category_id "
+        warn(f"{path}: skipped {skipped} annotations with no valid image_id, category_id "
              "(one of the categories), bbox inside the image or segmentation")
-    if not annotations:
-        warn(f"--gt {path} has no usable annotations: every metric will be -1")
+    if not annotations and evaluating:
+        warn(f"{path} has no usable annotations: every metric will be -1")
     categories = categories or _categories_from(annotations)
     return {"images": list(images.values()), "annotations": annotations,
             "categories": categories}
@@ -75,7 +75,7 @@ def load_ground_truth(path: Path, warn: Warn) -> dict[str, Any]:
 def _image_key(image: Any, path: Path) -> int:
     if not isinstance(image, dict) or not isinstance(image.get("id"), int) \
             or not isinstance(image.get("file_name"), str):
-        raise UsageError(f"--gt {path}: every image needs an integer \"id\" and a \"file_name\"; "
+        raise UsageError(f"{path}: every image needs an integer \"id\" and a \"file_name\"; "
                          f"found {json.dumps(image)[:120]}")
     return image["id"]
 
@@ -88,10 +88,10 @@ def _checked_categories(categories: Any, path: Path) -> list[dict[str, Any]]:
     if not isinstance(categories, list) or not all(
             isinstance(c, dict) and isinstance(c.get("id"), int) and not isinstance(c["id"], bool)
             for c in categories):
-        raise UsageError(f"--gt {path}: \"categories\" must be a list of objects with an "
+        raise UsageError(f"{path}: \"categories\" must be a list of objects with an "
                          "integer \"id\"")
     if wrong := [c["id"] for c in categories if not 1 <= c["id"] <= MAX_CATEGORY_ID]:
-        raise UsageError(f"--gt {path}: category id {wrong[0]} is outside 1-{MAX_CATEGORY_ID}")
+        raise UsageError(f"{path}: category id {wrong[0]} is outside 1-{MAX_CATEGORY_ID}")
     return categories
 
 

@@ -80,7 +80,7 @@ def _load_split(root: Path, name: str, masks: bool, warn: Warn) -> CocoSplit:
     if not path.is_file():
         raise UsageError(f"--data {root}: {path} does not exist; training needs both "
                          "annotations/train.json and annotations/val.json")
-    ground_truth = load_ground_truth(path, warn)
+    ground_truth = load_ground_truth(path, warn, evaluating=False)
     if masks and not all(_has_segmentation(a) for a in ground_truth["annotations"]):
         raise UsageError(f"{path}: some annotations have no \"segmentation\"; "
                          "segment-instance needs masks (train detect needs only boxes)")

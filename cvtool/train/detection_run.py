@@ -62,7 +62,7 @@ def train_detection(env: Environment, config: DetectionConfig | None, run_dir: P
     trainer = DetectionTrainer(module, config, data, target)
     introduction = (f"{architecture['builder']}: {parameters(module) / 1e6:.2f}M parameters, "
                     f"{len(data.train.samples)} train and {len(data.val.samples)} val images")
-    state = train_epochs(env, run_dir, trainer, config, meta, resume, trainer.figure_keys,
+    state = train_epochs(env, run_dir, trainer, config, meta, (resume, force), trainer.figure_keys,
                          introduction)
     return finish_run(env, run_dir, state, PANELS, trainer.figure_keys,
                       {"val_images": len(data.val.samples), "parameters": parameters(module)})

@@ -81,7 +81,7 @@ def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Pat
     introduction = (f"{config.model}: {parameters(module) / 1e6:.3f}M parameters, "
                     f"{len(train)} train and {len(val)} held-out images of {channels}x"
                     f"{size[0]}x{size[1]}")
-    state = train_epochs(env, run_dir, trainer, config, meta, resume, trainer.figure_keys,
+    state = train_epochs(env, run_dir, trainer, config, meta, (resume, force), trainer.figure_keys,
                          introduction)
     details: dict[str, Any] = {"parameters": parameters(module), "val_images": len(val)}
     # For digits the summary's fid_digits is that of 1000 samples of best.* (metrics.jsonl has

@@ -31,7 +31,7 @@ from cvtool.train.session import start_run
 from cvtool.train.state import (
     CONFIG,
     TrainingState,
-    load_state,
+    resumed_state,
     save_state,
     write_metrics_lines,
 )
@@ -52,22 +52,22 @@ def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Pat
 
         summary = train_knn(env, config, data, run_dir, _meta(config, data, {}))
     else:
-        summary = _train_network(env, config, data, run_dir, target, resume)
+        summary = _train_network(env, config, data, run_dir, target, (resume, force))
     env.stdout.write(strict_json(summary) + "\n")
     env.stdout.flush()
     return ExitStatus.SUCCESS
 
 
 def _train_network(env: Environment, config: ClassifyConfig, data: ClassificationData,
-                   run_dir: Path, device: torch.device, resume: bool) -> dict[str, Any]:
+                   run_dir: Path, device: torch.device,
+                   resume: tuple[bool, bool]) -> dict[str, Any]:
     seed_everything(config.seed)
     module, architecture = build_classifier(config, data.input_shape, len(data.classes),
                                             env.offline, env.warn)
     meta = _meta(config, data, architecture)
     trainer = Trainer(module, loop_settings({**config.to_dict(), "lr": config.resolved_lr}),
                       device, data.train, data.val)
-    state = (load_state(run_dir, trainer.model, trainer.optimizer, env.warn) if resume
-             else TrainingState())
+    state = resumed_state(env, run_dir, trainer.model, trainer.optimizer, *resume)
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     else:  # a new run, or one killed before its first epoch was committed

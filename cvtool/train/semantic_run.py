@@ -59,7 +59,8 @@ def train_semantic(env: Environment, config: SemanticConfig | None, run_dir: Pat
     introduction = (f"{architecture['builder']}: {parameters(module) / 1e6:.2f}M parameters, "
                     f"{len(data.train)} train and {len(data.val)} val images of "
                     f"{data.size[1]}x{data.size[0]}")
-    state = train_epochs(env, run_dir, trainer, config, meta, resume, FIGURES, introduction)
+    state = train_epochs(env, run_dir, trainer, config, meta, (resume, force), FIGURES,
+                         introduction)
     best = next(row for row in state.history if row["epoch"] == state.best_epoch)
     return finish_run(env, run_dir, state, PANELS, FIGURES,
                       {"per_class_iou": dict(zip(data.classes, best["per_class_iou"])),

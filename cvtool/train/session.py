@@ -25,8 +25,8 @@ from cvtool.train.report import write_curves
 from cvtool.train.state import (
     CONFIG,
     TrainingState,
-    load_state,
     prepare_run_dir,
+    resumed_state,
     save_state,
     write_metrics_lines,
 )
@@ -80,13 +80,12 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
 
 
 def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config: Config,
-                 meta: dict[str, Any], resume: bool, logged: list[str],
+                 meta: dict[str, Any], resume: tuple[bool, bool], logged: list[str],
                  introduction: str = "") -> TrainingState:
     """Run (or continue) the epochs, committing each: last (and best) checkpoints, then the
-    state. `meta` is the checkpoint meta every epoch shares; `logged` the figures of the
-    per-epoch log line."""
-    state = (load_state(run_dir, trainer.model, trainer.optimizer, env.warn) if resume
-             else TrainingState())
+    state. `resume` is (--resume, --force); `meta` the checkpoint meta every epoch shares;
+    `logged` the figures of the per-epoch log line."""
+    state = resumed_state(env, run_dir, trainer.model, trainer.optimizer, *resume)
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     else:  # a new run, or one killed before its first epoch was committed

@@ -40,15 +40,10 @@ class TrainingState:
 
 
 def prepare_run_dir(path: Path, resume: bool, force: bool) -> None:
-    """A new run needs an empty (or absent) directory unless --force; resume needs a state, or
-    --force to start over where epochs were trained but no state is left."""
+    """A new run needs an empty (or absent) directory unless --force; resume a config.json."""
     if resume:
         if not (path / CONFIG).is_file():
             raise UsageError(f"--resume {path}: not a training run directory (no {CONFIG})")
-        if not force and not has_committed_state(path) and _logged_epochs(path):
-            raise UsageError(f"--resume {path}: {METRICS_LINES} lists finished epochs but "
-                             f"{STATE_DIR}/ holds no complete state to continue from; add "
-                             "--force to train it again from epoch 1")
         return
     if path.exists() and not path.is_dir():
         raise UsageError(f"--output {path} exists and is not a directory")
@@ -77,9 +72,11 @@ def save_state(run_dir: Path, state: TrainingState, model: nn.Module,
                                             "scalars": scalars}}
     path = run_dir / STATE_DIR / f"epoch-{state.epoch:04d}.safetensors"
     save_checkpoint(path, tensors, meta)
-    for older in _committed(run_dir)[1:]:
-        older.with_suffix(".safetensors").unlink(missing_ok=True)
-        older.unlink(missing_ok=True)
+    # Every other state goes, a stray "newer" one (passed over at resume) included.
+    for other in _committed(run_dir):
+        if other != path.with_suffix(".json"):
+            other.with_suffix(".safetensors").unlink(missing_ok=True)
+            other.unlink(missing_ok=True)
     write_metrics_lines(run_dir, state.history)
 
 
@@ -106,8 +103,21 @@ def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     return TrainingState()
 
 
-def has_committed_state(run_dir: Path) -> bool:
-    return bool(_committed(run_dir))
+def resumed_state(env: Any, run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+                  resume: bool, force: bool) -> TrainingState:
+    """Where a run starts: a new run at epoch 0; --resume at its newest usable state. A run
+    that finished epochs (metrics.jsonl lists them) but has no usable state left (state/
+    deleted or damaged) is refused rather than silently restarted, unless --force."""
+    if not resume:
+        return TrainingState()
+    state = load_state(run_dir, model, optimizer, env.warn)
+    if not state.epoch and _logged_epochs(run_dir):
+        if not force:
+            raise UsageError(f"--resume {run_dir}: {METRICS_LINES} lists finished epochs but "
+                             f"{STATE_DIR}/ holds no usable state to continue from; add "
+                             "--force to train it again from epoch 1")
+        env.warn(f"{run_dir}: no usable state; training again from epoch 1 (--force)")
+    return state
 
 
 def _logged_epochs(run_dir: Path) -> bool:
