@@ -194,10 +194,12 @@ def test_checkpoint_preprocessing_is_torchvisions_class(resize, attribute, shape
     assert tuple(transforms(image).shape[-2:]) == shape
 
 
-@pytest.mark.parametrize("preprocessing", [{"mean": [0.5] * 3}, {"resize_size": [3],
-                                           "mean": [0.5] * 3, "std": [0.5] * 3}])
-def test_invalid_checkpoint_preprocessing_is_a_usage_error(preprocessing) -> None:
-    with pytest.raises(UsageError, match="checkpoint preprocessing is invalid"):
+@pytest.mark.parametrize("preprocessing, message", [
+    ({"mean": [0.5] * 3}, "std must be 1 to 4 finite numbers"),
+    ({"resize_size": [3], "mean": [0.5] * 3, "std": [0.5] * 3}, "resize_size must be null"),
+    ({"resize_size": 8, "mean": [0.5] * 3, "std": [0.5, 0.0, 0.5]}, "std must be above 0")])
+def test_invalid_checkpoint_preprocessing_is_a_usage_error(preprocessing, message: str) -> None:
+    with pytest.raises(UsageError, match=f"checkpoint preprocessing {message}"):
         segmentation_transforms(preprocessing)
 
 
