@@ -170,9 +170,12 @@ def load_fitting(module: nn.Module, state: Mapping[str, Any], source: str,
                  name: str) -> list[str]:
     """Fine-tuning: load the tensors of `state` whose name and shape fit `module`; return the
     names of the module's tensors left as initialised (typically the class head)."""
+    from cvtool.checkpoint import check_tensors
+
     expected = module.state_dict()
     fitting = {key: value for key, value in state.items()
                if key in expected and expected[key].shape == value.shape}
+    check_tensors(module, fitting, source)
     if not fitting:
         raise UsageError(f"{source}: no tensor fits {name}")
     module.load_state_dict(fitting, strict=False)
