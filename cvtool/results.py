@@ -66,10 +66,14 @@ def path_fields(path: str) -> dict[str, str]:
     """`path` as strict UTF-8; a path whose bytes are not UTF-8 (Python holds them as lone
     surrogates) reads with U+FFFD in their place, and `path_bytes` keeps the exact bytes in
     base64 (RFC 4648), so the record still names the file byte for byte."""
-    if printable(path) == path:
+    shown = printable(path)
+    if shown == path:
         return {"path": path}
-    raw = os.fsencode(path) if _escaped_bytes_only(path) else path.encode("utf-8", "replace")
-    return {"path": printable(path), "path_bytes": base64.b64encode(raw).decode("ascii")}
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # surrogates that stand for no byte: no file has this name
+        return {"path": shown}
+    return {"path": shown, "path_bytes": base64.b64encode(raw).decode("ascii")}
 
 
 def printable(text: str) -> str:
@@ -82,14 +86,6 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:  # surrogates that stand for no byte (from JSON escapes)
         raw = text.encode("utf-8", "surrogatepass")
     return raw.decode("utf-8", "replace")
-
-
-def _escaped_bytes_only(text: str) -> bool:
-    try:
-        text.encode("utf-8", "surrogateescape")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def is_finite(value: Any) -> bool:
