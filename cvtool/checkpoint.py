@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +110,30 @@ def build_architecture(meta: dict, state: Mapping[str, Tensor] | None = None) ->
     return _call_builder(builder, kwargs)
 
 
+def build_on_meta(build: Callable[[], nn.Module]) -> nn.Module | None:
+    """`build()` on the meta device (shapes only, no memory), or None for the few builders that
+    read tensor values while building (RegNet computes its widths with torch)."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build()
+    except (RuntimeError, NotImplementedError, UsageError) as error:
+        if "meta" not in str(error):
+            raise
+        return None
+
+
+def with_metadata(state: Mapping[str, Tensor], module: nn.Module) -> Mapping[str, Tensor]:
+    """`state` as `load_state_dict` wants it from a safetensors file, which keeps no `_metadata`:
+    the module's own layer versions (MNASNet refuses a state without them)."""
+    if hasattr(state, "_metadata"):
+        return state
+    stated = OrderedDict(state)
+    stated._metadata = getattr(module.state_dict(), "_metadata", OrderedDict())  # type: ignore
+    return stated
+
+
 def _check_class_count(builder: str, kwargs: dict[str, Any], classes: list[str]) -> None:
     count = kwargs.get("num_classes", kwargs.get("classes"))
     if count != len(classes):
@@ -126,10 +151,9 @@ def _call_builder(builder: str, kwargs: dict[str, Any]) -> nn.Module:
 
 
 def _refuse_oversized(builder: str, kwargs: dict[str, Any], state: Mapping[str, Tensor]) -> None:
-    import torch
-
-    with torch.device("meta"):
-        module = _call_builder(builder, kwargs)
+    module = build_on_meta(lambda: _call_builder(builder, kwargs))
+    if module is None:
+        return  # the builder needs real tensors (RegNet); its kwargs' bounds still hold
     wanted = sum(tensor.numel() for tensor in module.state_dict().values())
     held = sum(tensor.numel() for tensor in state.values())
     if wanted > held * 1.05 + _SLACK_ELEMENTS:

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.checkpoint import (
     build_architecture,
+    build_on_meta,
     check_tensors,
     checked_preprocessing,
     load_checkpoint,
     resolve_checkpoint,
+    with_metadata,
 )
 from cvtool.models.weights import file_sha256, state_dict_for
 from cvtool.registry import ModelSpec, get_spec, resolve_reference
@@ -122,11 +124,9 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
         return LoadedModel(
             spec.name, ready_for_inference(module), categories, default.transforms(), None)
 
-    import torch
-
     path, state = state_dict_for(spec, weights, offline)
-    with torch.device("meta"):
-        module = _build_torchvision(spec, default, state, len(categories))
+    build = lambda: _build_torchvision(spec, default, state, len(categories))  # noqa: E731
+    module = build_on_meta(build) or build()
     num_classes = fitting_num_classes(module, state, len(categories))
     if num_classes != len(categories):
         warn(f"{path} has {num_classes} classes, not the {len(categories)} of {default!r}: "
@@ -183,7 +183,8 @@ def load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name:
     if problems:
         raise UsageError(f"{source} does not fit {name}: {', '.join(problems)}")
     try:
-        module.load_state_dict(state, strict=True, assign=_has_meta_tensors(module))
+        module.load_state_dict(with_metadata(state, module), strict=True,
+                               assign=_has_meta_tensors(module))
     except (RuntimeError, ValueError) as error:
         raise UsageError(f"{source} does not fit {name}: {' '.join(str(error).split())}") from None
 
@@ -195,10 +196,7 @@ def built_and_loaded(build: Callable[[], nn.Module], state: Mapping[str, Any], s
     Built on the meta device first: no time goes into a random init the state overwrites anyway.
     Built again for real only when buffers outside the state dict still need values.
     """
-    import torch
-
-    with torch.device("meta"):
-        module = build()
+    module = build_on_meta(build) or build()
     load_exactly(module, state, source, name)
     if _has_meta_tensors(module):
         module = build()

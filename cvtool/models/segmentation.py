@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.checkpoint import (
     build_architecture,
+    build_on_meta,
     checked_preprocessing,
     load_checkpoint,
     resolve_checkpoint,
@@ -179,10 +180,8 @@ def _build_torchvision(spec: ModelSpec, num_classes: int, aux_loss: bool) -> nn.
 
 def _fitting_outputs(build: Callable[[int], nn.Module], state: Mapping[str, Any],
                      expected: int) -> int:
-    import torch
-
-    with torch.device("meta"):
-        return fitting_num_classes(build(expected), state, expected)
+    module = build_on_meta(lambda: build(expected)) or build(expected)
+    return fitting_num_classes(module, state, expected)
 
 
 def _smp_segmenter(spec: ModelSpec, weights: str, encoder: str, offline: bool,

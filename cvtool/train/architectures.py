@@ -27,7 +27,7 @@ def build_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
         module = resolve_reference(architecture["builder"])(**architecture["kwargs"])
         initialise(module, config.resolved_init, config.activation)
         return module, architecture
-    return _torchvision_classifier(config, num_classes, offline, warn)
+    return _torchvision_classifier(config, input_shape, num_classes, offline, warn)
 
 
 def small_kwargs(config: ClassifyConfig, input_shape: tuple[int, int, int],
@@ -42,19 +42,32 @@ def small_kwargs(config: ClassifyConfig, input_shape: tuple[int, int, int],
             "batch_norm": config.batch_norm, "dropout": config.dropout}
 
 
-def _torchvision_classifier(config: ClassifyConfig, num_classes: int, offline: bool,
+def _torchvision_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
+                            num_classes: int, offline: bool,
                             warn: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
     spec = get_spec(config.model)  # unknown names: usage error with close matches
     if spec.task != "classify" or spec.source != "torchvision":
         raise UsageError(f"--model {config.model}: expected knn, linear, mlp, cnn or a "
                          f"torchvision classifier (`cvtool models classify`)")
-    kwargs: dict[str, Any] = {"num_classes": num_classes}
+    kwargs: dict[str, Any] = {"num_classes": num_classes, **_input_size_kwargs(config.model,
+                                                                             input_shape)}
     if config.model in _AUX_LOGITS:
         kwargs["aux_logits"] = False
     module = resolve_reference(spec.builder)(**kwargs)
     if config.weights != "none":
         _load_pretrained(module, spec, config.weights, offline, warn)
     return module, {"builder": spec.builder, "kwargs": kwargs}
+
+
+def _input_size_kwargs(model: str, input_shape: tuple[int, int, int]) -> dict[str, Any]:
+    """The transformers fix their input size at build time: ViT's position embeddings, MaxViT's
+    partitions; they are built for the size the run trains at."""
+    side = input_shape[1]
+    if model.startswith("vit_"):
+        return {"image_size": side}
+    if model == "maxvit_t":
+        return {"input_size": [side, side]}
+    return {}
 
 
 def _load_pretrained(module: nn.Module, spec: Any, weights: str, offline: bool,

@@ -193,6 +193,8 @@ class Trainer(EpochTrainer):
 
     def evaluate(self, module: nn.Module) -> dict[str, float]:
         evaluation = self.evaluation(module, self.val)
+        require_finite(torch.tensor(evaluation.loss), "validation",
+                       f"the model diverged: lower --lr (now {self.settings.lr})")
         return {"val_loss": evaluation.loss, "val_accuracy": evaluation.accuracy}
 
     @torch.no_grad()

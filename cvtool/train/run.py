@@ -14,12 +14,18 @@ from typing import Any
 # Imported only once a training command runs, never by the CLI's start-up.
 import torch  # noqa: TID253
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, save_checkpoint
+from cvtool.checkpoint import (
+    build_architecture,
+    load_checkpoint,
+    save_checkpoint,
+    with_metadata,
+)
 from cvtool.context import Environment
 from cvtool.device import seed_everything
 from cvtool.models.small import fold_batch_norm
+from cvtool.results import one_line
 from cvtool.runner import versions
-from cvtool.status import ExitStatus
+from cvtool.status import ExitStatus, UsageError
 from cvtool.train import sanity
 from cvtool.train.architectures import build_classifier
 from cvtool.train.config import ClassifyConfig
@@ -73,7 +79,12 @@ def _train_network(env: Environment, config: ClassifyConfig, data: Classificatio
     else:  # a new run, or one killed before its first epoch was committed
         write_json(run_dir / CONFIG, {**meta["training"], "architecture": architecture,
                                       "command": sys.argv, "versions": versions()})
-        state.extra["sanity"] = _sanity_report(env, trainer, config, data)
+        try:  # the first forward pass: where an input too small for the net shows
+            state.extra["sanity"] = _sanity_report(env, trainer, config, data)
+        except RuntimeError as error:
+            raise UsageError(f"--model {config.model} cannot run on {data.input_shape[1]}x"
+                             f"{data.input_shape[2]} images: {one_line(error)}; try a larger "
+                             "--image-size") from None
         write_metrics_lines(run_dir, [])
 
     def epoch_done(state: TrainingState, improved: bool) -> None:
@@ -133,12 +144,14 @@ def _save_epoch(run_dir: Path, trainer: Trainer, state: TrainingState, meta: dic
                                        "metrics": state.history[-1]}}
     save_checkpoint(run_dir / "last.safetensors", trainer.model.state_dict(), epoch_meta)
     if improved:
-        folded = fold_batch_norm(trainer.model)
-        architecture = meta["architecture"]
-        if "batch_norm" in architecture["kwargs"]:
+        weights, architecture = trainer.model.state_dict(), meta["architecture"]
+        # Folding is done only where the builder rebuilds the folded graph: cvtool's own MLP
+        # and CNN with batch_norm=False. torchvision's nets keep their batch norms.
+        if architecture["kwargs"].get("batch_norm"):
+            weights = fold_batch_norm(trainer.model).state_dict()
             architecture = {**architecture,
                             "kwargs": {**architecture["kwargs"], "batch_norm": False}}
-        save_checkpoint(run_dir / "best.safetensors", folded.state_dict(),
+        save_checkpoint(run_dir / "best.safetensors", weights,
                         {**epoch_meta, "architecture": architecture})
     save_state(run_dir, state, trainer.model, trainer.optimizer)
 
@@ -148,7 +161,7 @@ def _finish(run_dir: Path, trainer: Trainer, state: TrainingState,
     """Evaluate the best checkpoint as `cvtool classify` will load it; write the summary."""
     tensors, meta = load_checkpoint(run_dir / "best.safetensors")
     best = build_architecture(meta)
-    best.load_state_dict(tensors)
+    best.load_state_dict(with_metadata(tensors, best))
     evaluation = trainer.evaluation(best.to(trainer.device), data.val)
     write_curves(run_dir, state.history)
     return write_summary(run_dir, data, evaluation, {

@@ -96,7 +96,9 @@ def layer_statistics(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor],
     for hook in hooks:
         hook.remove()
     for name, module in probe.named_modules():
-        if isinstance(module, (nn.Linear, nn.Conv2d)):
+        # Layers called functionally (attention's out_proj) record no output: left out.
+        if isinstance(module, (nn.Linear, nn.Conv2d)) and name in rows \
+                and module.weight.grad is not None:
             rows[name]["gradient_std"] = float(module.weight.grad.std())
     layers = list(rows.values())
     return {"layers": layers, "flags": [flag for row in layers for flag in _flags(row)]}

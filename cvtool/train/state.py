@@ -18,7 +18,7 @@ from typing import Any
 import torch  # noqa: TID253
 from torch import nn  # noqa: TID253
 
-from cvtool.checkpoint import load_checkpoint, save_checkpoint
+from cvtool.checkpoint import load_checkpoint, save_checkpoint, with_metadata
 from cvtool.ownership import is_empty
 from cvtool.status import UsageError
 from cvtool.writers import atomic_open, strict_json
@@ -92,7 +92,7 @@ def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer
         except UsageError as error:
             warn(f"passing over {sidecar}: {error.message}")
             continue
-        model.load_state_dict(weights)
+        model.load_state_dict(with_metadata(weights, model))
         try:
             optimizer.load_state_dict(optimizer_state)
         except (KeyError, TypeError, ValueError, IndexError) as error:
