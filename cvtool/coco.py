@@ -18,6 +18,7 @@ from typing import IO, Any
 import numpy as np
 
 from cvtool.files import read_regular_text
+from cvtool.matching import TailIndex
 from cvtool.results import Record
 from cvtool.status import UsageError
 
@@ -184,6 +185,9 @@ class ResultCollector:
 
     def __init__(self, ground_truth: dict[str, Any] | None, warn: Warn) -> None:
         self.ground_truth, self.warn = ground_truth, warn
+        self.index: TailIndex[int] = TailIndex()
+        for image in (ground_truth or {}).get("images", []):
+            self.index.add(PurePath(image["file_name"]).parts, image["id"])
         self.results: list[dict[str, Any]] = []
         self.image_ids: list[int] = []  # inputs matched to the ground truth, in order
         self.inputs = 0
@@ -203,17 +207,10 @@ class ResultCollector:
         """Nothing to flush: whoever needs the results reads `results`."""
 
     def _matched_id(self, path: str) -> int | None:
-        parts = PurePath(path).parts
-        matches = [image for image in self.ground_truth["images"]
-                   if _ends_with(parts, PurePath(image["file_name"]).parts)]
-        if not matches:
+        image_id = self.index.find(PurePath(path).parts)
+        if image_id is None:
             self.warn(f"{path} is not in --gt; its detections are left out")
-            return None
-        return max(matches, key=lambda image: len(PurePath(image["file_name"]).parts))["id"]
-
-
-def _ends_with(parts: tuple[str, ...], suffix: tuple[str, ...]) -> bool:
-    return 0 < len(suffix) <= len(parts) and parts[-len(suffix):] == suffix
+        return image_id
 
 
 def as_result(detection: dict[str, Any], image_id: int, extra: dict[str, Any]) -> dict[str, Any]:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from cvtool.annotate import MASK_ALPHA, encoded, image_name, mirrored, refuse_overwriting_input
 from cvtool.files import open_regular
+from cvtool.matching import TailIndex
 from cvtool.results import InputError, InputFailure, one_line
 from cvtool.status import UsageError
 from cvtool.writers import write_bytes
@@ -90,20 +91,16 @@ class GroundTruthMasks:
         self.root = Path(root)
         if not self.root.is_dir():
             raise UsageError(f"--gt-masks {root} is not a directory")
-        self.by_key: dict[tuple[str, ...], Path] = {}
+        self.index: TailIndex[Path] = TailIndex()
         for path in sorted(self.root.rglob("*.[pP][nN][gG]")):
             key = path.relative_to(self.root).with_suffix("").parts
             if path.is_file() and not any(part.startswith(".") for part in key):
-                self.by_key[key] = path
-        if not self.by_key:
+                self.index.add(key, path)
+        if not len(self.index):
             raise UsageError(f"--gt-masks {root} holds no .png masks")
 
     def find(self, path: str) -> Path | None:
-        parts = PurePath(path).with_suffix("").parts
-        for start in range(len(parts)):  # the longest trailing run first
-            if (found := self.by_key.get(parts[start:])) is not None:
-                return found
-        return None
+        return self.index.find(PurePath(path).with_suffix("").parts)
 
 
 def read_ground_truth(path: Path, size: tuple[int, int], num_classes: int,

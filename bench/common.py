@@ -1,0 +1,39 @@
+"""What every bench script shares: the machine line it prints, and timing whole processes.
+
+Runs are whole `python -m cvtool` processes, alternated between the variants compared, so drift
+on a shared machine hits all of them; the median of the repeats is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+sys.path.insert(0, str(ROOT))
+
+
+def machine_line() -> str:
+    """CPU model, usable cores and the ISA flags that change kernels (from /proc/cpuinfo)."""
+    from cvtool.bench.peaks import read_cpuinfo
+
+    cpu = read_cpuinfo()
+    flags = " ".join(flag for flag in ISA_FLAGS if flag in cpu.flags) or "none of " + \
+        "/".join(ISA_FLAGS)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{cpu.model}, {cores} cores, flags: {flags}; {time.strftime('%Y-%m-%d')}"
+
+
+def cvtool_seconds(*args: str, stdout: int | None = subprocess.DEVNULL) -> float:
+    """Wall time of one `python -m cvtool ARGS` process; raises if it fails."""
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "cvtool", *args], stdout=stdout,
+                          stderr=subprocess.PIPE, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if done.returncode not in (0, 1):
+        raise SystemExit(f"cvtool {' '.join(args)} failed: {done.stderr.decode()[-500:]}")
+    return time.perf_counter() - started
