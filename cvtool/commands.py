@@ -24,11 +24,6 @@ def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) 
     return fmt
 
 
-def check_output_dir(output: Path | None) -> None:
-    if output is not None and output.exists() and not output.is_dir():
-        raise UsageError(f"--output {output} exists and is not a directory")
-
-
 def claim_output(env: Environment, output: Path | None) -> None:
     """Own `--output DIR` for this run: two runs never interleave run.json or artifacts."""
     if output is not None:
@@ -66,7 +61,6 @@ def check_inputs(sources: list[str], output: Path | None, max_pixels: int | None
     from cvtool.decode import check_max_pixels
 
     check_max_pixels(max_pixels)
-    check_output_dir(output)
     if not sources:
         raise UsageError("no inputs: give image files, directories, quoted globs, or - for stdin")
 
@@ -207,14 +201,14 @@ def generate(env: Environment, model: str | None, *, num: int, seed: int, output
     check_generate_options(model=model, num=num, output=output, grid=grid, temperature=temperature,
                            interpolate=interpolate, steps=steps, batch_size=batch_size,
                            force=force)
-    from cvtool.ownership import is_empty
+    from cvtool.ownership import require_empty
     from cvtool.runner import Tally, run_info, write_run_json
     from cvtool.tasks import generate as task
     from cvtool.writers import strict_json
 
     claim_output(env, output)
-    if output is not None and not is_empty(output) and not force:
-        raise UsageError(f"--output {output} is not empty; use --force to write into it anyway")
+    if output is not None and not force:
+        require_empty(output, "--output", "use --force to write into it anyway")
 
     options = task.GenerateOptions(model=model, num=num, seed=seed, output=output, grid=grid,
                                    temperature=temperature, interpolate=interpolate,
@@ -253,7 +247,6 @@ def check_generate_options(*, model: str | None, num: int, output: Path | None, 
     for failed, message in problems:
         if failed:
             raise UsageError(message)
-    check_output_dir(output)
 
 
 def segment_semantic(env: Environment, sources: list[str], model: str, weights: str, *,

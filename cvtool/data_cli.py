@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from cvtool.context import Environment, current, finish
-from cvtool.status import ExitStatus, UsageError
+from cvtool.ownership import require_empty
+from cvtool.status import ExitStatus
 from cvtool.writers import atomic_open, atomic_path, strict_json, write_bytes, write_json
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ def _write_digits(env: Environment, out_dir: Path, seed: int, val_split: float,
                   force: bool) -> ExitStatus:
     from cvtool.train.data import digits_split
 
-    _require_writable(out_dir, force)
+    _claim(env, out_dir, force)
     train, val, classes = digits_split(seed, val_split)
     for split, examples in (("train", train), ("val", val)):
         env.log(f"writing {len(examples)} images to {out_dir / split}")
@@ -72,17 +73,16 @@ def _write_digits(env: Environment, out_dir: Path, seed: int, val_split: float,
     return ExitStatus.SUCCESS
 
 
-def _require_writable(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise UsageError(f"{out_dir} is not empty; use --force to write into it anyway")
+def _claim(env: Environment, out_dir: Path, force: bool) -> None:
+    env.own_directory(out_dir, "OUT_DIR")
+    if not force:
+        require_empty(out_dir, "OUT_DIR", "use --force to write into it anyway")
 
 
 def _write_png(path: Path, example: Example) -> None:
     # The digits are gray: one channel holds them losslessly and decodes to the same RGB.
     with atomic_open(path, "wb") as handle:
-        example.image.convert("L").save(handle, "PNG")
+        example.load().convert("L").save(handle, "PNG")
 
 
 @data_app.command()
@@ -102,7 +102,7 @@ def _write_shapes(env: Environment, out_dir: Path, counts: dict[str, int], seed:
                   force: bool) -> ExitStatus:
     from cvtool.shapes import CATEGORIES
 
-    _require_writable(out_dir, force)
+    _claim(env, out_dir, force)
     write_bytes(out_dir / "classes.txt", "".join(f"{name}\n" for name in
                                                  ("background", *CATEGORIES)).encode())
     summary: dict = {"output": str(out_dir), "seed": seed}

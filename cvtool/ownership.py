@@ -74,6 +74,12 @@ def claim_directory(path: Path, what: str) -> DirectoryClaim:
     raise UsageError(f"{what} {path}: could not take its lock; is another cvtool starting?")
 
 
+def require_empty(path: Path, what: str, advice: str) -> None:
+    """The check every writer of a fresh output directory makes (after claiming it)."""
+    if path.is_dir() and not is_empty(path):
+        raise UsageError(f"{what} {path} is not empty; {advice}")
+
+
 def is_empty(path: Path) -> bool:
     """No entry in `path` but (perhaps) the lock file."""
     return all(entry.name == LOCK_NAME for entry in Path(path).iterdir())

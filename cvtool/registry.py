@@ -240,6 +240,10 @@ def list_models(task: str | None = None) -> list[ModelSpec]:
     )
 
 
+def is_registered(name: str) -> bool:
+    return name in _REGISTRY
+
+
 def get_spec(name: str) -> ModelSpec:
     """The spec registered as `name`; an unknown name is a usage error that suggests close ones."""
     spec = _REGISTRY.get(name)

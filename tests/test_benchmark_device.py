@@ -60,9 +60,17 @@ def test_cpu_is_timed_with_one_thread_and_all_cores(quick_json: dict) -> None:
 
 
 def test_cpu_peak_is_stated_with_its_source(quick_json: dict) -> None:
+    from cvtool.bench.peaks import cpu_flops_per_cycle, read_cpuinfo
+
     peaks = quick_json["devices"]["cpu"]["peaks"]
-    if peaks:  # no peak where /proc/cpuinfo shows no known ISA
-        assert "computed" in peaks["float32"]["source"]
+    cpu = read_cpuinfo()
+    if cpu_flops_per_cycle(cpu, "float32") is None or cpu.mhz is None:
+        assert "float32" not in peaks  # no known ISA or clock: no made-up peak
+        return
+    flops, flag = cpu_flops_per_cycle(cpu, "float32")
+    assert "computed" in peaks["float32"]["source"] and flag in peaks["float32"]["source"]
+    assert peaks["float32"]["tflops_per_core"] == pytest.approx(cpu.mhz * 1e6 * flops / 1e12,
+                                                                rel=1e-3)
 
 
 def _has_cuda() -> bool:

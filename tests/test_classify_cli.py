@@ -259,3 +259,26 @@ def test_ctrl_c_exits_130_with_complete_lines(weights_file, images):
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and b"Traceback" not in err
     assert all(json.loads(x) for x in (line + out).splitlines())
+
+
+def test_a_registry_name_wins_over_a_local_folder_of_that_name(tmp_path, monkeypatch) -> None:
+    """`-m digits-cnn` is the registry's model even where ./digits-cnn exists; `./digits-cnn`
+    (a separator) and names outside the registry (`myrun`) are paths."""
+    import json
+    import shutil
+
+    from cvtool.registry import get_spec
+
+    house = get_spec("digits-cnn").checkpoint_path
+    meta = json.loads(house.with_suffix(".json").read_text())
+    meta["classes"] = [f"local_{label}" for label in meta["classes"]]
+    for folder in ("digits-cnn", "myrun"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(house, tmp_path / folder / "best.safetensors")
+        (tmp_path / folder / "best.json").write_text(json.dumps(meta))
+    digit = Path(__file__).resolve().parents[1] / "sample_images/digits/digit_0_0078.png"
+    monkeypatch.chdir(tmp_path)
+    labels = {model: cvtool("classify", digit, "-m", model, "--topk", "1", "--format",
+                            "jsonl").records()[0]["predictions"][0]["label"]
+              for model in ("digits-cnn", "./digits-cnn", "myrun")}
+    assert labels == {"digits-cnn": "0", "./digits-cnn": "local_0", "myrun": "local_0"}

@@ -64,16 +64,22 @@ def test_shapes_unet_labels_the_pixels(tmp_path):
 
 @pytest.mark.parametrize("name", ["digits-pixelcnn", "digits-vae", "digits-gan"])
 def test_digits_generators_sample_digits(tmp_path, name):
-    result = cvtool("generate", "-m", name, "-n", "40", "--seed", "3", "-o", tmp_path / "out",
+    """fid_digits of 200 samples within 12x the real-vs-real floor for 200 digits (measured:
+    pixelcnn 3.2x, vae 7.7x, gan 1.6x; uniform noise scores 34x, copies of one digit 55x)."""
+    import torch
+
+    from cvtool.generative.fid import fid_digits, real_floor
+
+    result = cvtool("generate", "-m", name, "-n", "200", "--seed", "3", "-o", tmp_path / "out",
                     "--grid", tmp_path / "grid.png", "-q")
     assert result.code == 0, result.stderr
-    summary = json.loads(result.stdout)
-    assert summary["images"] == 40
+    assert json.loads(result.stdout)["images"] == 200
     files = sorted((tmp_path / "out").glob("*.png"))
-    assert len(files) == 40 and Image.open(files[0]).size == (8, 8)
-    classified = cvtool("classify", *files, "-m", "digits-cnn", "--topk", "1", "-q")
-    labels = {r["predictions"][0]["label"] for r in classified.records()}
-    assert len(labels) >= 5  # samples spread over the digits, not one mode
+    assert len(files) == 200 and Image.open(files[0]).size == (8, 8)
+    images = torch.stack([torch.from_numpy(np.asarray(Image.open(f).convert("L"),
+                                                      dtype=np.float32) / 255)[None]
+                          for f in files])
+    assert fid_digits(images) < 12 * real_floor(200)
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -160,11 +160,17 @@ def test_stdin_streams_before_the_writer_finishes(tree: Path) -> None:
 
 
 def test_nothing_is_read_until_iterated() -> None:
-    class Exploding(io.BytesIO):
-        def read1(self, size: int = -1) -> bytes:
-            raise AssertionError("stdin read too early")
+    class Counting(io.BytesIO):
+        reads = 0
 
-    iter_sources(["-"], stdin=Exploding())
+        def read1(self, size: int = -1) -> bytes:
+            self.reads += 1
+            return super().read1(size)
+
+    stdin = Counting(b"a.png\n")
+    sources = iter_sources(["-"], stdin=stdin)
+    assert stdin.reads == 0  # building the stream reads nothing
+    assert next(sources).path == "a.png" and stdin.reads >= 1
 
 
 def test_symlink_loop_is_walked_once(tree: Path) -> None:

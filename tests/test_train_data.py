@@ -76,7 +76,7 @@ def test_digits_tensors_and_preprocessing(digits: ClassificationData) -> None:
 def test_digit_val_item_equals_classify_preprocessing_of_its_png(
         digits: ClassificationData, tmp_path: Path) -> None:
     example = digits_split()[1][7]
-    example.image.convert("L").save(tmp_path / "digit.png")
+    example.load().convert("L").save(tmp_path / "digit.png")
     expected = eval_transform(digits.preprocessing)(load_image(str(tmp_path / "digit.png")))
     assert torch.equal(digits.val[7][0], expected)
     assert digits.val[7][1] == example.label
@@ -171,7 +171,7 @@ def test_data_digits_writes_the_training_split(tmp_path: Path) -> None:
     assert written == {"train": {e.name for e in train}, "val": {e.name for e in val}}
     example = val[0]
     path = tmp_path / "out" / "val" / str(example.label) / f"{example.name}.png"
-    assert np.array_equal(np.asarray(load_image(str(path))), np.asarray(example.image))
+    assert np.array_equal(np.asarray(load_image(str(path))), np.asarray(example.load()))
 
 
 def test_data_digits_refuses_a_non_empty_folder(tmp_path: Path) -> None:

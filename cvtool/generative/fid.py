@@ -37,7 +37,7 @@ def digits_tensor(seed: int = 0, val_split: float = 0.2, part: str = "val") -> t
 
     train, val, _ = digits_split(seed, val_split)
     examples = {"train": train, "val": val}[part]
-    pixels = np.stack([np.asarray(example.image) for example in examples])
+    pixels = np.stack([np.asarray(example.load()) for example in examples])
     return torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
 
 

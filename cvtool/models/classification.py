@@ -24,7 +24,7 @@ from cvtool.checkpoint import (
     with_metadata,
 )
 from cvtool.models.weights import file_sha256, state_dict_for
-from cvtool.registry import ModelSpec, get_spec, resolve_reference
+from cvtool.registry import ModelSpec, get_spec, is_registered, resolve_reference
 from cvtool.status import UsageError
 
 if TYPE_CHECKING:
@@ -97,8 +97,14 @@ def refuse_weights(weights: str, name: str) -> None:
 
 
 def looks_like_path(model: str) -> bool:
-    return (Path(model).exists() or model.endswith((".safetensors", ".json"))
-            or any(separator in model for separator in ("/", "\\")))
+    """Whether `-m model` names a file or run directory rather than a registry model.
+
+    A registry name always means the registry's model, even where a file or folder of that name
+    exists here (write `./resnet50` for that); a name with a path separator or a checkpoint
+    suffix is a path; any other name is a path when it exists."""
+    if model.endswith((".safetensors", ".json")) or any(sep in model for sep in ("/", "\\")):
+        return True
+    return not is_registered(model) and Path(model).exists()
 
 
 def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:

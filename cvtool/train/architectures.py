@@ -59,6 +59,23 @@ def _torchvision_classifier(config: ClassifyConfig, input_shape: tuple[int, int,
     return module, {"builder": spec.builder, "kwargs": kwargs}
 
 
+def pretrained_preprocessing(config: ClassifyConfig) -> dict[str, Any] | None:
+    """What a fine-tuned torchvision model's weights expect: their own transforms() (resize
+    size and interpolation, crop, mean, std), as checkpoint meta stores them; None when the run
+    trains from scratch. --image-size sets the crop, and the resize keeps the weights' ratio."""
+    if config.model in SMALL_MODELS or config.weights == "none":
+        return None
+    spec = get_spec(config.model)
+    if spec.source != "torchvision" or spec.weights is None:
+        return None
+    transforms = resolve_reference(spec.weights).transforms()
+    crop, resize = transforms.crop_size[0], transforms.resize_size[0]
+    if config.image_size is not None:
+        crop, resize = config.image_size, round(config.image_size * resize / crop)
+    return {"resize_size": resize, "crop_size": crop, "mean": list(transforms.mean),
+            "std": list(transforms.std), "interpolation": transforms.interpolation.value}
+
+
 def _input_size_kwargs(model: str, input_shape: tuple[int, int, int]) -> dict[str, Any]:
     """The transformers fix their input size at build time: ViT's position embeddings, MaxViT's
     partitions; they are built for the size the run trains at."""

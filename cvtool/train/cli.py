@@ -58,6 +58,9 @@ ValSplit = Annotated[float, typer.Option(help="Val fraction when the data has no
 ImageSize = Annotated[Optional[int], typer.Option(
     help="Side the images are resized to [default: the first image's].", show_default=False)]
 Seed = Annotated[int, typer.Option(help="Seed of the split, init, shuffling and dropout.")]
+TrainWorkers = Annotated[int, typer.Option(
+    min=0, help="DataLoader worker processes decoding image files (0: in the training process; "
+                "digits are in memory and use none). Kept in config.json for --resume.")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
 Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast).")]
 Compile = Annotated[bool, typer.Option(help="torch.compile the training forward.")]
@@ -98,8 +101,8 @@ def classify(
     lr: Lr = None, reg: Reg = "none", reg_strength: RegStrength = 0.0,
     schedule: Schedule = "constant", epochs: Epochs = None, batch_size: BatchSize = 64,
     augment: Augment = False, val_split: ValSplit = 0.2, image_size: ImageSize = None,
-    seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
-    compile: Compile = False, sanity: Sanity = False, k: K = "auto",
+    seed: Seed = 0, workers: TrainWorkers = 2, device: Device = "auto",
+    precision: Precision = "fp32", compile: Compile = False, sanity: Sanity = False, k: K = "auto",
     distance: Distance = "auto", folds: Folds = 5, threads: Threads = None,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:
@@ -111,7 +114,7 @@ def classify(
         init=init, batch_norm=batch_norm, dropout=dropout, weights=weights,
         optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
         epochs=epochs or 10, batch_size=batch_size, augment=augment, val_split=val_split,
-        image_size=image_size, seed=seed, precision=precision, compile=compile,
+        image_size=image_size, seed=seed, workers=workers, precision=precision, compile=compile,
         sanity=sanity, k=k, distance=distance, folds=folds),
         data, output, resume, force, device, threads, quiet, debug, epochs)
 
@@ -151,8 +154,9 @@ def _detection_command(task: str, summary: str) -> Callable[..., None]:
         optimizer: Optimizer = "adam", lr: DetectorLr = None, weight_decay: WeightDecay = 0.0,
         schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
         batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
-        seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
-        threads: Threads = None, quiet: Quiet = False, debug: Debug = False,
+        seed: Seed = 0, workers: TrainWorkers = 2, device: Device = "auto",
+        precision: Precision = "fp32", threads: Threads = None, quiet: Quiet = False,
+        debug: Debug = False,
     ) -> None:
         from cvtool.train.config import DetectionConfig
 
@@ -161,7 +165,7 @@ def _detection_command(task: str, summary: str) -> Callable[..., None]:
             min_size=min_size, max_size=max_size, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, schedule=schedule, warmup=warmup,
             epochs=epochs or 12, batch_size=batch_size, augment=augment, vflip=vflip,
-            seed=seed, precision=precision),
+            seed=seed, workers=workers, precision=precision),
             data, output, resume, force, device, threads, quiet, debug, epochs)
 
     command.__doc__ = summary
@@ -206,9 +210,9 @@ def segment_semantic(
     optimizer: Optimizer = "adam", lr: SemanticLr = None, weight_decay: WeightDecay = 0.0,
     schedule: DetectorSchedule = "cosine", warmup: Warmup = 50, epochs: Epochs = None,
     batch_size: DetectorBatch = 16, augment: SemanticAugment = True, vflip: VFlip = False,
-    image_size: SemanticImageSize = None, seed: Seed = 0, device: Device = "auto",
-    precision: Precision = "fp32", threads: Threads = None, quiet: Quiet = False,
-    debug: Debug = False,
+    image_size: SemanticImageSize = None, seed: Seed = 0, workers: TrainWorkers = 2,
+    device: Device = "auto", precision: Precision = "fp32", threads: Threads = None,
+    quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Train a semantic segmenter on image/mask folders, scored by mIoU each epoch."""
     from cvtool.train.config import SemanticConfig
@@ -218,7 +222,7 @@ def segment_semantic(
         decoder_channels=_widths(decoder_channels), weights=weights, loss=loss,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
         warmup=warmup, epochs=epochs or 20, batch_size=batch_size, augment=augment, vflip=vflip,
-        image_size=image_size, seed=seed, precision=precision),
+        image_size=image_size, seed=seed, workers=workers, precision=precision),
         data, output, resume, force, device, threads, quiet, debug, epochs)
 
 

@@ -50,6 +50,7 @@ class ClassifyConfig:
     val_split: float = 0.2
     image_size: int | None = None
     seed: int = 0
+    workers: int = 2  # DataLoader worker processes decoding image files
     precision: str = "fp32"
     compile: bool = False
     sanity: bool = False
@@ -58,6 +59,7 @@ class ClassifyConfig:
     folds: int = 5  # knn
 
     def __post_init__(self) -> None:
+        _require(0 <= self.workers <= MAX_WORKERS, f"--workers must be 0 to {MAX_WORKERS}")
         for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"invalid --{name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -88,6 +90,9 @@ class ClassifyConfig:
     @classmethod
     def from_dict(cls, saved: dict[str, Any]) -> ClassifyConfig:
         return config_from_dict(cls, saved)
+
+
+MAX_WORKERS = 64
 
 
 def config_from_dict(cls: type, saved: Any) -> Any:
@@ -154,9 +159,11 @@ class DetectionConfig:
     augment: bool = True
     vflip: bool = False
     seed: int = 0
+    workers: int = 2  # DataLoader worker processes decoding image files
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        _require(0 <= self.workers <= MAX_WORKERS, f"--workers must be 0 to {MAX_WORKERS}")
         for name, valid in DETECTION_CHOICES.items():
             if getattr(self, name) not in valid:
                 raise UsageError(f"invalid --{name.replace('_', '-')} {getattr(self, name)!r}; "
@@ -216,9 +223,11 @@ class SemanticConfig:
     vflip: bool = False
     image_size: int | None = None
     seed: int = 0
+    workers: int = 2  # DataLoader worker processes decoding image files
     precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        _require(0 <= self.workers <= MAX_WORKERS, f"--workers must be 0 to {MAX_WORKERS}")
         for name, valid in (("optimizer", CHOICES["optimizer"]),
                             ("schedule", CHOICES["schedule"]), ("precision", PRECISIONS)):
             if getattr(self, name) not in valid:

@@ -1,10 +1,14 @@
 """The data every classification trainer uses: digits or an image folder, split and preprocessed.
 
-Each image is decoded once, by `cvtool.decode.load_image`, and preprocessed for evaluation by the
-same `ImageClassification` that `cvtool classify` rebuilds from a checkpoint's meta. So classifying
-the val folder with a trained RUN_DIR sees exactly the tensors training measured its val accuracy
-on. Layouts: `digits` (scikit-learn's 8x8 digits), `DIR/train/<class>/*` with `DIR/val/<class>/*`,
+Images are decoded by `cvtool.decode.load_image` and preprocessed for evaluation by the same
+`ImageClassification` that `cvtool classify` rebuilds from a checkpoint's meta. So classifying the
+val folder with a trained RUN_DIR sees exactly the tensors training measured its val accuracy on.
+Layouts: `digits` (scikit-learn's 8x8 digits), `DIR/train/<class>/*` with `DIR/val/<class>/*`,
 or `DIR/train/<class>/*` / `DIR/<class>/*` alone, split into train and val by class.
+
+The digits (1,797 tiny images) are preprocessed once and kept in memory; an image folder is
+streamed: only the paths are listed up front (each file's header checked), and every access
+decodes its image, so memory does not grow with the folder (DataLoader workers do the decoding).
 
 The datasets are plain map-style classes (`len`, `[index]`), which is all `DataLoader` needs; torch
 is imported inside functions so that `cvtool data digits` starts without it.
@@ -22,8 +26,9 @@ import numpy as np
 from PIL import Image
 
 from cvtool.decode import load_image
+from cvtool.files import open_regular
 from cvtool.models.classification import classification_transforms
-from cvtool.results import InputFailure
+from cvtool.results import InputFailure, one_line
 from cvtool.sources import Source, walk_directory
 from cvtool.status import UsageError
 
@@ -40,11 +45,15 @@ AUGMENT_SCALE = (0.6, 1.0)
 
 @dataclass(frozen=True)
 class Example:
-    """One decoded image: `name` is its file path, or `digit_<index>` for the digits."""
+    """One image: `name` is its file path, or `digit_<index>` for the digits, whose pixels are
+    held in `image`; a file is decoded by `load()` each time it is used."""
 
     name: str
-    image: Image.Image  # RGB, as load_image returns it
     label: int
+    image: Image.Image | None = None  # RGB, as load_image returns it
+
+    def load(self) -> Image.Image:
+        return self.image if self.image is not None else decode(self.name)
 
 
 class ImageDataset(Protocol):
@@ -57,6 +66,8 @@ class ImageDataset(Protocol):
 class TensorImages:
     """Images preprocessed once: eval preprocessing is deterministic, so every epoch reuses it."""
 
+    in_memory = True  # nothing to decode: loader workers would only add start-up time
+
     def __init__(self, inputs: Tensor, labels: list[int]) -> None:
         self.inputs = inputs  # (N, C, H, W) float32
         self.labels = labels
@@ -68,58 +79,74 @@ class TensorImages:
         return self.inputs[index], self.labels[index]
 
 
-class AugmentedImages:
-    """Decoded images, cropped and flipped anew at every access (torch's global RNG)."""
+class StreamedImages:
+    """Images decoded and transformed at every access: evaluation preprocessing, or random
+    crops and flips drawn from torch's global RNG (a loader worker's own, seeded per epoch)."""
+
+    in_memory = False
 
     def __init__(self, examples: list[Example], transform: Callable[[Image.Image], Tensor]) -> None:
-        self.images = [example.image for example in examples]
+        self.examples = examples
         self.labels = [example.label for example in examples]
         self.transform = transform
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.examples)
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
-        return self.transform(self.images[index]), self.labels[index]
+        example = self.examples[index]
+        return self.transform(example.load()), example.label
 
 
 @dataclass
 class ClassificationData:
     classes: list[str]
     train: ImageDataset  # augmented when asked for and the images are natural
-    val: TensorImages  # eval preprocessing only
+    val: ImageDataset  # eval preprocessing only
     preprocessing: dict[str, Any]  # ImageClassification kwargs, as checkpoint meta stores them
     input_shape: tuple[int, int, int]  # (C, H, W) the model sees
     description: dict[str, Any]  # for config.json
 
 
 def load_classification_data(data: str, *, val_split: float = 0.2, seed: int = 0,
-                             image_size: int | None = None,
-                             augment: bool = False) -> ClassificationData:
-    """`data` is `digits` or an image folder; raises UsageError naming what is wrong with it."""
+                             image_size: int | None = None, augment: bool = False,
+                             preprocessing: dict[str, Any] | None = None) -> ClassificationData:
+    """`data` is `digits` or an image folder; raises UsageError naming what is wrong with it.
+
+    `preprocessing` (ImageClassification kwargs: a pretrained model's own) replaces the data's
+    default, the images' size with ImageNet's statistics (the digits': their own)."""
     if data == DIGITS:
         train, val, classes = digits_split(seed, val_split)
         split = "stratified"
     else:
         train, val, classes, split = read_image_folder(Path(data), val_split, seed)
-    size = image_size or max(train[0].image.size)
+    preprocessing = preprocessing or _default_preprocessing(data, train, image_size)
+    size = preprocessing["crop_size"]
+    evaluate = classification_transforms(preprocessing)
+    augment = augment and data != DIGITS  # flipped or cropped digits are other digits
+    if data == DIGITS:
+        train_set, val_set = preprocess(train, evaluate), preprocess(val, evaluate)
+    else:
+        train_set = StreamedImages(train, augmentation(preprocessing) if augment else evaluate)
+        val_set = StreamedImages(val, evaluate)
+    description = {"data": data, "split": split, "val_split": val_split if split == "stratified"
+                   else None, "seed": seed, "image_size": size, "augment": augment,
+                   "counts": {"train": class_counts(train, classes),
+                              "val": class_counts(val, classes)}}
+    return ClassificationData(classes, train_set, val_set, preprocessing, (3, size, size),
+                              description)
+
+
+def _default_preprocessing(data: str, train: list[Example],
+                           image_size: int | None) -> dict[str, Any]:
+    size = image_size or max(train[0].load().size)
     # Digits are not photos: ImageNet's statistics would leave them far from zero mean, unit std.
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if data != DIGITS else channel_statistics(train)
     # Digits at their own 8x8 are unchanged by either resize; nearest also maps an enlarged copy
     # (sample_images/digits: 32x32 blocks) back to its exact pixels, where bilinear blurs them.
     interpolation = "nearest" if data == DIGITS else INTERPOLATION
-    preprocessing = {"resize_size": size, "crop_size": size, "mean": mean, "std": std,
-                     "interpolation": interpolation}
-    evaluate = classification_transforms(preprocessing)
-    augment = augment and data != DIGITS  # flipped or cropped digits are other digits
-    train_set = (AugmentedImages(train, augmentation(preprocessing)) if augment
-                 else preprocess(train, evaluate))
-    description = {"data": data, "split": split, "val_split": val_split if split == "stratified"
-                   else None, "seed": seed, "image_size": size, "augment": augment,
-                   "counts": {"train": class_counts(train, classes),
-                              "val": class_counts(val, classes)}}
-    return ClassificationData(classes, train_set, preprocess(val, evaluate), preprocessing,
-                              (3, size, size), description)
+    return {"resize_size": size, "crop_size": size, "mean": mean, "std": std,
+            "interpolation": interpolation}
 
 
 def digits_split(seed: int = 0,
@@ -132,7 +159,7 @@ def digits_split(seed: int = 0,
     train_indices, val_indices = stratified_split(labels, val_split, seed)
 
     def example(index: int) -> Example:
-        return Example(f"digit_{index}", digit_image(digits.data[index]), labels[index])
+        return Example(f"digit_{index}", labels[index], digit_image(digits.data[index]))
 
     return [example(i) for i in train_indices], [example(i) for i in val_indices], DIGIT_CLASSES
 
@@ -202,14 +229,24 @@ def require_same_classes(val_dir: Path, classes: list[str]) -> None:
 
 
 def read_classes(directory: Path, classes: list[str]) -> list[Example]:
-    """Every image under directory/<class>/ (recursively, sorted), decoded, labelled by class."""
+    """Every image under directory/<class>/ (recursively, sorted), labelled by class; each
+    file's header is checked now, its pixels decoded only when it is used."""
     examples = []
     for label, name in enumerate(classes):
         paths = [readable(source) for source in walk_directory(str(directory / name))]
         if not paths:
             raise UsageError(f"class {name!r} in {directory} has no images")
-        examples.extend(Example(path, decode(path), label) for path in paths)
+        examples.extend(Example(check_header(path), label) for path in paths)
     return examples
+
+
+def check_header(path: str) -> str:
+    """`path`, once its header names an image Pillow can decode (no pixel is read)."""
+    try:
+        with open_regular(path) as file, Image.open(file):
+            return path
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise UsageError(f"cannot read training image {path}: {one_line(error)}") from None
 
 
 def readable(source: Source) -> str:
@@ -227,7 +264,7 @@ def decode(path: str) -> Image.Image:
 
 def channel_statistics(examples: list[Example]) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of the images' 0..1 values, as ImageClassification sees them."""
-    pixels = np.stack([np.asarray(example.image) for example in examples]) / 255.0
+    pixels = np.stack([np.asarray(example.load()) for example in examples]) / 255.0
     return ([float(value) for value in pixels.mean(axis=(0, 1, 2))],
             [float(value) for value in pixels.std(axis=(0, 1, 2))])
 
@@ -235,7 +272,7 @@ def channel_statistics(examples: list[Example]) -> tuple[list[float], list[float
 def preprocess(examples: list[Example], transform: Callable[[Image.Image], Tensor]) -> TensorImages:
     import torch
 
-    inputs = torch.stack([transform(example.image) for example in examples])
+    inputs = torch.stack([transform(example.load()) for example in examples])
     return TensorImages(inputs, [example.label for example in examples])
 
 

@@ -107,7 +107,8 @@ class DetectionTrainer(EpochTrainer):
         settings = IterationSettings(
             optimizer=config.optimizer, lr=config.resolved_lr, weight_decay=config.weight_decay,
             schedule=config.schedule, warmup=config.warmup, epochs=config.epochs,
-            batch_size=config.batch_size, seed=config.seed, precision=config.precision)
+            batch_size=config.batch_size, seed=config.seed, precision=config.precision,
+            workers=config.workers)
         train_set = CocoDataset(data.train, config.masks, config.augment, config.vflip)
         super().__init__(model, settings, device, train_set, collate)
         self.data, self.masks = data, config.masks

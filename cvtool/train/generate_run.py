@@ -99,8 +99,8 @@ def load_images(config: GenerateConfig) -> tuple[torch.Tensor, torch.Tensor, dic
     else:
         train, val, _, split = read_image_folder(Path(config.data), config.val_split,
                                                  config.seed, min_classes=1)
-    size = config.image_size or max(train[0].image.size)
-    tensors = [_to_tensor([example.image for example in part], size) for part in (train, val)]
+    size = config.image_size or max(train[0].load().size)
+    tensors = [_to_tensor([example.load() for example in part], size) for part in (train, val)]
     grey = all(bool((t[:, 0:1] == t).all()) for t in tensors)
     if grey:
         tensors = [t[:, :1] for t in tensors]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +73,28 @@ class IterationSettings:
     batch_size: int = 8
     seed: int = 0
     precision: str = "fp32"
+    workers: int = 0  # DataLoader worker processes (0: load in the training process)
+
+
+def data_loader(dataset: Dataset, settings: IterationSettings, **kwargs: Any) -> DataLoader:
+    """The loader every trainer uses: `settings.workers` processes decode files (none for data
+    already in memory). Each epoch's loader seeds its workers from its own generator, so a
+    resumed run, with the same workers, draws what an uninterrupted one did."""
+    workers = 0 if getattr(dataset, "in_memory", False) else settings.workers
+    return DataLoader(dataset, batch_size=kwargs.pop("batch_size", settings.batch_size),
+                      num_workers=workers, persistent_workers=False, **kwargs)
+
+
+def batches(loader: DataLoader) -> Iterator[Any]:
+    """`loader`'s batches; a UsageError raised in a worker (a file that will not decode) comes
+    back as cvtool's one line, not as the worker's traceback."""
+    try:
+        yield from loader
+    except Exception as error:  # noqa: BLE001 - re-raised, reworded only for UsageError
+        text = str(error)
+        if "Caught UsageError in DataLoader worker" not in text:
+            raise
+        raise UsageError(text.strip().splitlines()[-1].partition("UsageError: ")[2]) from None
 
 
 class EpochTrainer:
@@ -131,14 +153,14 @@ class EpochTrainer:
     def _train_epoch(self, epoch: int, batch_done: Callable[[], None]) -> dict[str, float]:
         settings = self.settings
         generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-        loader = DataLoader(self.train_set, batch_size=settings.batch_size, shuffle=True,
-                            generator=generator, collate_fn=self.collate_fn)
+        loader = data_loader(self.train_set, settings, shuffle=True, generator=generator,
+                             collate_fn=self.collate_fn)
         self.model.train()
         totals: dict[str, float] = {}
         first_step = (epoch - 1) * len(loader)
         base = settings.lr * lr_factor(settings.schedule, epoch - 1, settings.epochs)
         lr, seen = base, 0
-        for index, batch in enumerate(loader):
+        for index, batch in enumerate(batches(loader)):
             lr = base * warmup_factor(first_step + index, settings.warmup)
             set_lr(self.optimizer, lr)
             size = len(batch[0])
@@ -203,7 +225,8 @@ class Trainer(EpochTrainer):
         module.eval()
         total_loss, predictions, labels = 0.0, [], []
         batch_size = max(256, self.settings.batch_size)
-        for images, batch_labels in DataLoader(dataset, batch_size=batch_size):
+        for images, batch_labels in batches(data_loader(dataset, self.settings,
+                                                        batch_size=batch_size)):
             images, batch_labels = images.to(self.device), batch_labels.to(self.device)
             with autocast(self.device, self.settings.precision):
                 scores = module(images)

@@ -27,7 +27,7 @@ from cvtool.results import one_line
 from cvtool.runner import versions
 from cvtool.status import ExitStatus, UsageError
 from cvtool.train import sanity
-from cvtool.train.architectures import build_classifier
+from cvtool.train.architectures import build_classifier, pretrained_preprocessing
 from cvtool.train.config import ClassifyConfig
 from cvtool.train.data import ClassificationData, load_classification_data
 from cvtool.train.loop import Evaluation, Trainer, loop_settings
@@ -52,7 +52,8 @@ def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Pat
     config, target = start_run(env, run_dir, resume, force, config, ClassifyConfig, device,
                                threads)
     data = load_classification_data(config.data, val_split=config.val_split, seed=config.seed,
-                                    image_size=config.image_size, augment=config.augment)
+                                    image_size=config.image_size, augment=config.augment,
+                                    preprocessing=pretrained_preprocessing(config))
     if config.model == "knn":
         from cvtool.train.knn_run import train_knn
 

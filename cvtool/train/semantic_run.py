@@ -19,7 +19,6 @@ from typing import Any
 import torch  # noqa: TID253
 from torch import nn  # noqa: TID253
 from torch.nn import functional as F  # noqa: TID253
-from torch.utils.data import DataLoader  # noqa: TID253
 
 from cvtool.checkpoint import build_architecture
 from cvtool.confusion import ConfusionMatrix
@@ -28,7 +27,7 @@ from cvtool.device import autocast, seed_everything
 from cvtool.registry import get_spec, resolve_reference
 from cvtool.status import ExitStatus, UsageError
 from cvtool.train.config import SemanticConfig
-from cvtool.train.loop import EpochTrainer, IterationSettings
+from cvtool.train.loop import EpochTrainer, IterationSettings, batches, data_loader
 from cvtool.train.semantic_data import (
     IGNORE_INDEX,
     SemanticData,
@@ -148,7 +147,8 @@ class SemanticTrainer(EpochTrainer):
         settings = IterationSettings(
             optimizer=config.optimizer, lr=config.resolved_lr, weight_decay=config.weight_decay,
             schedule=config.schedule, warmup=config.warmup, epochs=config.epochs,
-            batch_size=config.batch_size, seed=config.seed, precision=config.precision)
+            batch_size=config.batch_size, seed=config.seed, precision=config.precision,
+            workers=config.workers)
         train_set = SemanticDataset(data.train, data.size, mean, std, config.augment,
                                     config.vflip)
         super().__init__(model, settings, device, train_set)
@@ -164,7 +164,7 @@ class SemanticTrainer(EpochTrainer):
     def evaluate(self, module: nn.Module) -> dict[str, Any]:
         module.eval()
         confusion = ConfusionMatrix(self.num_classes)
-        for images, masks in DataLoader(self.val_set, batch_size=self.settings.batch_size):
+        for images, masks in batches(data_loader(self.val_set, self.settings)):
             with autocast(self.device, self.settings.precision):
                 logits = logits_of(module, images.to(self.device))
             confusion.update(masks.numpy(), logits.argmax(1).cpu().numpy(), IGNORE_INDEX)

@@ -19,7 +19,7 @@ import torch  # noqa: TID253
 from torch import nn  # noqa: TID253
 
 from cvtool.checkpoint import load_checkpoint, save_checkpoint, with_metadata
-from cvtool.ownership import is_empty
+from cvtool.ownership import require_empty
 from cvtool.status import UsageError
 from cvtool.writers import atomic_open, strict_json
 
@@ -45,11 +45,9 @@ def prepare_run_dir(path: Path, resume: bool, force: bool) -> None:
         if not (path / CONFIG).is_file():
             raise UsageError(f"--resume {path}: not a training run directory (no {CONFIG})")
         return
-    if path.exists() and not path.is_dir():
-        raise UsageError(f"--output {path} exists and is not a directory")
-    if path.is_dir() and not is_empty(path) and not force:
-        raise UsageError(f"--output {path} is not empty; use --resume {path} to continue that "
-                         f"run or --force to start over in it")
+    if not force:
+        require_empty(path, "--output", f"use --resume {path} to continue that run or --force "
+                                        "to start over in it")
     for stale in (path / STATE_DIR).glob("epoch-*") if force else ():
         stale.unlink()  # a later --resume must not pick up the previous run's epochs
     path.mkdir(parents=True, exist_ok=True)
