@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cvtool.status import UsageError
-from cvtool.writers import write_bytes
+from cvtool.writers import BackgroundWrites, write_bytes
 
 MASK_ALPHA = 0.45  # masks translucent enough to see the object through them
 _PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -80,19 +80,27 @@ def mirrored(path: str) -> Path:
 
 
 class ArtifactWriter:
-    def __init__(self, output: Path, save_crops: bool) -> None:
-        self.output, self.save_crops = Path(output), save_crops
+    """Each input's annotated image (and crops) under `output`: the names are settled here,
+    the drawing, encoding and writing happen on `writes`' threads."""
+
+    def __init__(self, output: Path, save_crops: bool, writes: BackgroundWrites) -> None:
+        self.output, self.save_crops, self.writes = Path(output), save_crops, writes
 
     def save(self, path: str, image: Image.Image, detections: list[dict[str, Any]]) -> None:
         relative = mirrored(path)
         target = self.output / image_name(relative)
         refuse_overwriting_input(target, path, self.output)
-        write_bytes(target, encoded(draw_detections(image, detections), target.suffix))
+        self.writes.submit(path, lambda: write_bytes(
+            target, encoded(draw_detections(image, detections), target.suffix)))
         if self.save_crops:
-            for number, detection in enumerate(detections):
-                name = f"{number:03d}_{_UNSAFE.sub('_', detection['label'])}.png"
-                cropped = crop(image, detection["box"])
-                write_bytes(self.output / "crops" / relative / name, encoded(cropped, ".png"))
+            self.writes.submit(path, lambda: self._crops(relative, image, detections))
+
+    def _crops(self, relative: Path, image: Image.Image,
+               detections: list[dict[str, Any]]) -> None:
+        for number, detection in enumerate(detections):
+            name = f"{number:03d}_{_UNSAFE.sub('_', detection['label'])}.png"
+            cropped = crop(image, detection["box"])
+            write_bytes(self.output / "crops" / relative / name, encoded(cropped, ".png"))
 
 
 def refuse_overwriting_input(target: Path, path: str, output: Path) -> None:

@@ -23,7 +23,7 @@ from cvtool.files import open_regular
 from cvtool.matching import TailIndex
 from cvtool.results import InputError, InputFailure, one_line
 from cvtool.status import UsageError
-from cvtool.writers import write_bytes
+from cvtool.writers import BackgroundWrites, write_bytes
 
 MAX_CLASSES = 256  # a palette PNG holds indices 0-255
 _MASK_MODES = ("P", "L", "1", "I;16", "I;16B", "I;16L", "I")  # one channel of class indices
@@ -64,8 +64,8 @@ def overlay(image: Image.Image, mask: np.ndarray, alpha: float = MASK_ALPHA) -> 
 class MaskWriter:
     """Writes each input's mask and overlay under `output`, atomically."""
 
-    def __init__(self, output: Path) -> None:
-        self.output = Path(output)
+    def __init__(self, output: Path, writes: BackgroundWrites) -> None:
+        self.output, self.writes = Path(output), writes
         self.written: dict[Path, str] = {}  # mask file -> the input it was written for
 
     def save(self, path: str, image: Image.Image, mask: np.ndarray) -> str | InputError:
@@ -79,8 +79,9 @@ class MaskWriter:
                                                  f"{owner} (same folder, same stem)")
         for target in (mask_path, overlay_path):
             refuse_overwriting_input(target, path, self.output)
-        write_bytes(mask_path, mask_png(mask))
-        write_bytes(overlay_path, encoded(overlay(image, mask), overlay_path.suffix))
+        self.writes.submit(path, lambda: write_bytes(mask_path, mask_png(mask)))
+        self.writes.submit(path, lambda: write_bytes(
+            overlay_path, encoded(overlay(image, mask), overlay_path.suffix)))
         return str(mask_path)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from cvtool.status import ResourceUnavailable
 T = TypeVar("T")
 _IDLE = object()  # marker: the next input is not queued yet
 _END = object()  # marker: the sources are exhausted
+_DRAIN = object()  # marker: no input is ready, so held records may wait for their writes
 NON_FINITE = InputError("NonFiniteOutput", "the model's output for this input holds NaN or "
                                            "infinite values")
 PATIENCE_SECONDS = 0.5  # how long finished records wait on a slow input before going out
@@ -50,19 +52,43 @@ class BatchLoop(Generic[T]):
     workers: int = 2
     max_pixels: int | None = None
     fail_fast: bool = False
+    # Where `infer` hands its artifacts (cvtool.writers.BackgroundWrites); a record waits for
+    # its input's files, the model does not.
+    writes: Any = None
 
     def run(self, sources: Iterable[Source]) -> Iterator[Record]:
-        for record in self._records(sources):
-            yield record
-            if self.fail_fast and not record.ok:  # also an input that `infer` failed
-                return
+        try:
+            for record in self._released(self._records(sources)):
+                yield record
+                if self.fail_fast and not record.ok:  # also an input that `infer` failed
+                    return
+        finally:
+            if self.writes is not None:
+                self.writes.close()
 
-    def _records(self, sources: Iterable[Source]) -> Iterator[Record]:
+    def _released(self, records: Iterable[Record | object]) -> Iterator[Record]:
+        """Records in order, each once its artifacts are written; while no input is ready
+        (`_DRAIN`), waiting for the writes costs nothing, so everything held goes out."""
+        held: deque[Record] = deque()
+        for record in records:
+            if record is not _DRAIN:
+                held.append(record)
+            drain = record is _DRAIN or self.writes is None
+            while held and (drain or self.writes.done(held[0].path)):
+                if self.writes is not None:
+                    self.writes.done(held[0].path, wait=True)
+                yield held.popleft()
+        for record in held:
+            self.writes.done(record.path, wait=True)
+            yield record
+
+    def _records(self, sources: Iterable[Source]) -> Iterator[Record | object]:
         pending: list[Prepared[T]] = []
         for item in self._prepared(sources):
             if item is _IDLE:
                 # Nothing more is ready (a slow stdin producer): answer what we have now.
                 yield from self._flush(pending)
+                yield _DRAIN
                 pending = []
                 continue
             pending.append(item)

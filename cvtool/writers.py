@@ -12,7 +12,8 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol
@@ -192,6 +193,40 @@ def _strict(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_strict(item) for item in value]
     return value
+
+
+class BackgroundWrites:
+    """Artifacts (annotated images, masks, overlays, crops) encoded and written on a small
+    thread pool, off the thread that runs the model; Pillow's encoders release the GIL.
+
+    Work is grouped by the input it belongs to: `done(key)` says whether all of an input's
+    writes have finished (re-raising the first failure, a full disk say), so its record goes out
+    only once its files exist. At most `limit` writes are queued; `submit` waits beyond that.
+    """
+
+    def __init__(self, workers: int = 2, limit: int = 16) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cvtool-write")
+        self.pending: dict[str, list[Any]] = {}
+        self.slots = threading.BoundedSemaphore(limit)
+
+    def submit(self, key: str, work: Callable[[], None]) -> None:
+        self.slots.acquire()
+        future = self.executor.submit(work)
+        future.add_done_callback(lambda _: self.slots.release())
+        self.pending.setdefault(key, []).append(future)
+
+    def done(self, key: str, wait: bool = False) -> bool:
+        futures = self.pending.get(key, [])
+        if not wait and not all(future.done() for future in futures):
+            return False
+        for future in self.pending.pop(key, []):
+            future.result()  # re-raises what the write raised
+        return True
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
 
 
 @contextmanager

@@ -266,3 +266,13 @@ def test_pickled_weights_get_cvtools_own_message(tmp_path: Path) -> None:
     assert result.code == 2
     assert "weights_only" not in result.stderr and "never unpickles" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_artifacts_on_a_full_disk_are_exit_3(small_disk: Path) -> None:
+    fill(small_disk)
+    shapes = sorted((ROOT / "sample_images" / "shapes").glob("shapes_*.png"))
+    result = cvtool("segment-semantic", *shapes, "-m", "shapes-unet", "--device", "cpu",
+                    "-o", small_disk / "out", "--format", "jsonl")
+    assert result.code == 3, result.stderr
+    assert "no space left on device writing" in result.stderr
+    assert not [p for p in small_disk.rglob("*") if p.name.endswith(".tmp")]

@@ -21,6 +21,7 @@ from cvtool.models.classification import LoadedModel
 from cvtool.models.detection import load_detector
 from cvtool.pipeline import BatchLoop, Prepared
 from cvtool.status import UsageError
+from cvtool.writers import BackgroundWrites
 
 MASK_THRESHOLD = 0.5  # a pixel belongs to the object where the mask probability reaches this
 
@@ -117,11 +118,12 @@ def build(options: DetectOptions, device: torch.device, offline: bool,
     if not 0.0 <= options.conf <= 1.0:
         raise UsageError(f"invalid --conf {options.conf}; expected a score in [0, 1]")
     loaded = load_detector(options.model, options.weights, options.task, offline, warn)
-    artifacts = (ArtifactWriter(options.output, options.save_crops)
-                 if options.output is not None else None)
+    writes = BackgroundWrites() if options.output is not None else None
+    artifacts = (ArtifactWriter(options.output, options.save_crops, writes)
+                 if writes is not None else None)
     detector = Detector(loaded, device, options, artifacts)
     loop = BatchLoop(task=options.task, model_name=loaded.name, prepare=detector.prepare,
                      infer=detector.infer, batch_size=options.batch_size,
                      workers=options.workers, max_pixels=options.max_pixels,
-                     fail_fast=options.fail_fast)
+                     fail_fast=options.fail_fast, writes=writes)
     return loop, loaded

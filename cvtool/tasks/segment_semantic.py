@@ -26,6 +26,7 @@ from cvtool.models.segmentation import TASK, LoadedSegmenter, load_segmenter
 from cvtool.pipeline import BatchLoop, Prepared
 from cvtool.results import InputError, InputFailure
 from cvtool.status import UsageError
+from cvtool.writers import BackgroundWrites
 
 
 @dataclass
@@ -190,10 +191,11 @@ def build(options: SegmentOptions, device: torch.device, offline: bool,
                          f"at most {MAX_CLASSES}")
     evaluation = (Evaluation(ground_truth, loaded.categories, options.ignore_index, warn)
                   if ground_truth is not None else None)
-    masks = MaskWriter(options.output) if options.output is not None else None
+    writes = BackgroundWrites() if options.output is not None else None
+    masks = MaskWriter(options.output, writes) if writes is not None else None
     segmenter = Segmenter(loaded, device, options.precision, masks, evaluation)
     loop = BatchLoop(task=TASK, model_name=loaded.name, prepare=segmenter.prepare,
                      infer=segmenter.infer, batch_size=options.batch_size,
                      workers=options.workers, max_pixels=options.max_pixels,
-                     fail_fast=options.fail_fast)
+                     fail_fast=options.fail_fast, writes=writes)
     return loop, loaded, evaluation
