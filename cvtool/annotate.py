@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from cvtool.status import UsageError
-from cvtool.writers import BackgroundWrites, write_bytes
+from cvtool.writers import BackgroundWrites, write_artifact
 
 MASK_ALPHA = 0.45  # masks translucent enough to see the object through them
 _PALETTE = ((230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -35,9 +35,8 @@ def colour(index: int) -> tuple[int, int, int]:
 def draw_detections(image: Image.Image, detections: list[dict[str, Any]]) -> Image.Image:
     """A copy of `image` with translucent masks, boxes and `label score` tags."""
     canvas = image.convert("RGB")
-    for detection in detections:
-        if "mask" in detection:
-            canvas = _blend_mask(canvas, detection["mask"], colour(detection["index"]))
+    if masked := [detection for detection in detections if "mask" in detection]:
+        canvas = _blend_masks(canvas, masked)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 250))
     font = ImageFont.load_default()
@@ -54,11 +53,19 @@ def draw_detections(image: Image.Image, detections: list[dict[str, Any]]) -> Ima
     return canvas
 
 
-def _blend_mask(canvas: Image.Image, rle: dict[str, Any], rgb: tuple[int, int, int]) -> Image.Image:
+def _blend_masks(canvas: Image.Image, detections: list[dict[str, Any]]) -> Image.Image:
+    """Every mask tinted in its class colour in one composite (a later mask's colour where two
+    overlap)."""
     from cvtool.coco import decode_mask
 
-    alpha = Image.fromarray((decode_mask(rle) * round(255 * MASK_ALPHA)).astype(np.uint8))
-    return Image.composite(Image.new("RGB", canvas.size, rgb), canvas, alpha)
+    height, width = canvas.height, canvas.width
+    colours = np.zeros((height, width, 3), np.uint8)
+    alpha = np.zeros((height, width), np.uint8)
+    for detection in detections:
+        inside = decode_mask(detection["mask"]).astype(bool)
+        colours[inside] = colour(detection["index"])
+        alpha[inside] = round(255 * MASK_ALPHA)
+    return Image.composite(Image.fromarray(colours), canvas, Image.fromarray(alpha))
 
 
 def crop(image: Image.Image, box: list[float]) -> Image.Image:
@@ -90,7 +97,7 @@ class ArtifactWriter:
         relative = mirrored(path)
         target = self.output / image_name(relative)
         refuse_overwriting_input(target, path, self.output)
-        self.writes.submit(path, lambda: write_bytes(
+        self.writes.submit(path, lambda: write_artifact(
             target, encoded(draw_detections(image, detections), target.suffix)))
         if self.save_crops:
             self.writes.submit(path, lambda: self._crops(relative, image, detections))
@@ -100,7 +107,7 @@ class ArtifactWriter:
         for number, detection in enumerate(detections):
             name = f"{number:03d}_{_UNSAFE.sub('_', detection['label'])}.png"
             cropped = crop(image, detection["box"])
-            write_bytes(self.output / "crops" / relative / name, encoded(cropped, ".png"))
+            write_artifact(self.output / "crops" / relative / name, encoded(cropped, ".png"))
 
 
 def refuse_overwriting_input(target: Path, path: str, output: Path) -> None:

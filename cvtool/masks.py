@@ -23,7 +23,7 @@ from cvtool.files import open_regular
 from cvtool.matching import TailIndex
 from cvtool.results import InputError, InputFailure, one_line
 from cvtool.status import UsageError
-from cvtool.writers import BackgroundWrites, write_bytes
+from cvtool.writers import BackgroundWrites, write_artifact
 
 MAX_CLASSES = 256  # a palette PNG holds indices 0-255
 _MASK_MODES = ("P", "L", "1", "I;16", "I;16B", "I;16L", "I")  # one channel of class indices
@@ -79,8 +79,8 @@ class MaskWriter:
                                                  f"{owner} (same folder, same stem)")
         for target in (mask_path, overlay_path):
             refuse_overwriting_input(target, path, self.output)
-        self.writes.submit(path, lambda: write_bytes(mask_path, mask_png(mask)))
-        self.writes.submit(path, lambda: write_bytes(
+        self.writes.submit(path, lambda: write_artifact(mask_path, mask_png(mask)))
+        self.writes.submit(path, lambda: write_artifact(
             overlay_path, encoded(overlay(image, mask), overlay_path.suffix)))
         return str(mask_path)
 

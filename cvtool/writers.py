@@ -267,6 +267,13 @@ def write_bytes(path: Path, data: bytes) -> None:
         handle.write(data)
 
 
+def write_artifact(path: Path, data: bytes) -> None:
+    """A per-image artifact (annotated image, mask, overlay, crop, sample): atomic like every
+    write, but not fsync'ed. A crash may lose the newest ones, never leave half of one."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(path: Path, data: Any) -> None:
     with atomic_open(path, "w") as handle:
         handle.write(strict_json(data, indent=2))

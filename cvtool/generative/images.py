@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from cvtool.writers import write_bytes
+from cvtool.writers import write_artifact
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -43,7 +43,7 @@ def png_bytes(pixels: np.ndarray) -> bytes:
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:
-    write_bytes(path, png_bytes(pixels))
+    write_artifact(path, png_bytes(pixels))
 
 
 def grid(pixels: np.ndarray, columns: int | None = None) -> np.ndarray:
