@@ -34,7 +34,7 @@ def make_folder(root: Path, count: int, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     for index in range(count):
         label = index % CLASSES
-        split = "val" if index % 10 == 9 else "train"
+        split = "val" if (index // CLASSES) % 10 == 9 else "train"
         folder = root / split / f"class_{label}"
         folder.mkdir(parents=True, exist_ok=True)
         base = rng.normal(25 * label, 30, (64, 64, 3))
