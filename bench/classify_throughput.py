@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "sample_images" / "photos"
 SIZES = [(640, 480), (800, 600), (500, 375), (1024, 683)]  # typical camera/web photo sizes
@@ -111,7 +113,7 @@ def report(args, images: Path, weights: Path) -> None:
     loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     base, base_top1 = "plain torchvision", runs["plain torchvision"][0][2]
     print(f"{args.arch}, {n} images, batch {args.batch_size}, median of {args.repeats} "
-          f"alternating processes each, {os.cpu_count()} CPUs")
+          f"alternating processes each; {machine_line()}")
     print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
           f"{'ratio (loop)':>14}{'top-1 = plain':>15}")
     for name, rs in runs.items():

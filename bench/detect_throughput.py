@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import machine_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -105,7 +107,7 @@ def main() -> None:
     loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     agree = sum(same(a, b) for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
     print(f"{args.model}, {n} images 128x128, batch {args.batch_size}, median of {args.repeats} "
-          f"alternating processes each, {os.cpu_count()} CPUs, {time.strftime('%Y-%m-%d')}")
+          f"alternating processes each; {machine_line()}")
     print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
           f"{'ratio (loop)':>14}")
     for name in runs:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from common import machine_line
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
@@ -122,7 +123,8 @@ def _score(value: float | None) -> str:
 def main() -> None:
     seed = int(sys.argv[1]) if len(sys.argv) > 1 else 0
     data = load_classification_data("digits", seed=seed)
-    print(f"digits, seed {seed}: {len(data.train)} train, {len(data.val)} val, {FOLDS}-fold CV")
+    print(f"digits, seed {seed}: {len(data.train)} train, {len(data.val)} val, {FOLDS}-fold CV; "
+          f"{machine_line()}")
     for name, ours, theirs in PAIRS:
         cvtool_side, sklearn_side = ours(data, seed), theirs(data, seed)
         print(name)
