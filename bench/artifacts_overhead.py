@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import ROOT, machine_line
+from common import ROOT, machine_line, shapes_scenes
 
 COMMANDS = {"detect": ["detect", "-m", "shapes-maskrcnn"],
             "segment-semantic": ["segment-semantic", "-m", "shapes-unet"]}
@@ -38,10 +38,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "shapes"
-        subprocess.run([sys.executable, "-m", "cvtool", "data", "shapes", str(data), "--num",
-                        "0", "--val-num", str(args.images), "--seed", "99", "-q"], check=True,
-                       stdout=subprocess.DEVNULL, cwd=ROOT)
+        data = shapes_scenes(Path(tmp) / "shapes", args.images)
         images = str(data / "images" / "val")
         speeds: dict[tuple[str, bool], list[float]] = {}
         for _ in range(args.repeats):

@@ -28,6 +28,14 @@ def machine_line() -> str:
     return f"{cpu.model}, {cores} cores, flags: {flags}; {time.strftime('%Y-%m-%d')}"
 
 
+def shapes_scenes(root: Path, count: int, seed: int = 99) -> Path:
+    """`count` fresh shapes scenes (a seed training never used) under ROOT, COCO val split."""
+    subprocess.run([sys.executable, "-m", "cvtool", "data", "shapes", str(root), "--num", "0",
+                    "--val-num", str(count), "--seed", str(seed), "-q"], check=True,
+                   stdout=subprocess.DEVNULL, cwd=ROOT)
+    return root
+
+
 def cvtool_seconds(*args: str, stdout: int | None = subprocess.DEVNULL) -> float:
     """Wall time of one `python -m cvtool ARGS` process; raises if it fails."""
     started = time.perf_counter()

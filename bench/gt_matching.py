@@ -13,12 +13,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import cvtool_seconds, machine_line
+from common import cvtool_seconds, machine_line, shapes_scenes
 
 
 def ground_truth(real: dict, entries: int) -> dict:
@@ -34,10 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "shapes"
-        subprocess.run([sys.executable, "-m", "cvtool", "data", "shapes", str(data), "--num",
-                        "0", "--val-num", str(args.images), "--seed", "99", "-q"], check=True,
-                       stdout=subprocess.DEVNULL)
+        data = shapes_scenes(Path(tmp) / "shapes", args.images)
         real = json.loads((data / "annotations" / "val.json").read_text())
         files = {}
         for entries in (200, args.entries):

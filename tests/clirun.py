@@ -46,3 +46,19 @@ def cvtool_process(*args: str, stdin: bytes = b"", env: dict | None = None,
     done = subprocess.run([sys.executable, "-m", "cvtool", *map(str, args)], input=stdin,
                           capture_output=True, env=full_env, timeout=timeout)
     return Result(done.returncode, done.stdout.decode(), done.stderr.decode())
+
+
+def kill_after_first_epoch(args: list[str], run: Path, timeout: float = 240) -> None:
+    """Start `cvtool ARGS -o RUN` as a process and kill -9 it once its first epoch's state is
+    committed (the resume tests' crash)."""
+    import signal
+    import time
+
+    process = subprocess.Popen([sys.executable, "-m", "cvtool", *map(str, args), "-o", str(run)],
+                               env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while not list((run / "state").glob("epoch-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()

@@ -5,11 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +14,7 @@ from safetensors.torch import load_file
 
 from cvtool.cli import run_cli
 from cvtool.context import Environment
-from tests.clirun import ROOT, cvtool
+from tests.clirun import ROOT, cvtool, kill_after_first_epoch
 
 QUICK = ("--data", "digits", "--device", "cpu", "-q")
 
@@ -163,14 +158,7 @@ def test_resume_after_kill_9_loses_and_repeats_no_epoch(tmp_path):
     args = ["train", "classify", *QUICK, "--model", "cnn", "--width", "16", "--dropout", "0.3",
             "--epochs", "6", "--schedule", "cosine", "--threads", "1"]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen([sys.executable, "-m", "cvtool", *args, "-o", str(killed)],
-                               env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list((killed / "state").glob("epoch-*.json")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_epoch(args, killed)
     # metrics.jsonl follows the committed state; a kill between the two leaves it one behind.
     assert len(_history(killed)) < 6, "the run finished before it could be killed"
     threads = torch.get_num_threads()  # --threads 1 applies to this process from here on

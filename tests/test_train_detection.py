@@ -5,12 +5,7 @@ the pixels, resume after kill -9, fine-tuning a torchvision detector from a file
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +15,7 @@ from safetensors.torch import load_file
 
 from cvtool.train.detection_data import CocoDataset, annotation_mask, load_detection_data
 from cvtool.train.optim import warmup_factor
-from tests.clirun import ROOT, cvtool
+from tests.clirun import cvtool, kill_after_first_epoch
 
 TINY = ("--width", "8", "--batch-size", "4", "--device", "cpu", "--warmup", "4", "-q")
 
@@ -156,14 +151,7 @@ def test_resume_after_kill_9_loses_and_repeats_no_epoch(shapes, tmp_path):
     args = ["train", "segment-instance", "--data", str(shapes), "--epochs", "3", *TINY,
             "--threads", "1"]
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen([sys.executable, "-m", "cvtool", *args, "-o", str(killed)],
-                               env={**os.environ, "PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 240
-    while not list((killed / "state").glob("epoch-*.json")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_epoch(args, killed)
     # metrics.jsonl follows the committed state; a kill between the two leaves it one behind.
     assert len(_history(killed)) < 3, "the run finished before it could be killed"
     threads = torch.get_num_threads()  # --threads 1 applies to this process from here on

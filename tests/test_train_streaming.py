@@ -4,11 +4,6 @@ the pretrained weights expect."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +14,7 @@ from safetensors.torch import load_file
 
 from cvtool.models.classification import classification_transforms
 from cvtool.train.data import StreamedImages, load_classification_data
-from tests.clirun import ROOT, cvtool
+from tests.clirun import cvtool, kill_after_first_epoch
 
 
 def make_folder(root: Path, per_class: int = 12, size: int = 24) -> Path:
@@ -75,15 +70,7 @@ ARGS = ["--model", "cnn", "--width", "8", "--augment", "--dropout", "0.2", "--ep
 
 def test_resume_after_kill_9_with_workers_is_bit_identical(folder: Path, tmp_path: Path) -> None:
     killed, straight = tmp_path / "killed", tmp_path / "straight"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cvtool", "train", "classify", "--data", str(folder), *ARGS,
-         "-o", str(killed)], env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not list((killed / "state").glob("epoch-*.json")) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    kill_after_first_epoch(["train", "classify", "--data", folder, *ARGS], killed)
     assert len(_history(killed)) < 4, "the run finished before it could be killed"
     threads = torch.get_num_threads()
     try:
