@@ -193,10 +193,10 @@ def _check_size(key: str, size: Any) -> None:
                          f"to {MAX_SIDE}, not {short_repr(size)}")
 
 
-def check_tensors(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
-    """Refuse a state whose tensors the module cannot compute with: a float parameter stored as
-    integers, or values that are NaN or infinite."""
-    expected = module.state_dict()
+def check_tensors(expected: Mapping[str, Tensor], state: Mapping[str, Tensor],
+                  source: str) -> None:
+    """Refuse a state whose tensors the module (its state dict: `expected`) cannot compute
+    with: a float parameter stored as integers, or values that are NaN or infinite."""
     for key, tensor in state.items():
         want = expected.get(key)
         if want is not None and want.is_floating_point() and not tensor.is_floating_point():

@@ -71,16 +71,17 @@ class BatchLoop(Generic[T]):
         (`_DRAIN`), waiting for the writes costs nothing, so everything held goes out."""
         held: deque[Record] = deque()
         for record in records:
-            if record is not _DRAIN:
+            drain = record is _DRAIN
+            if not drain:
                 held.append(record)
-            drain = record is _DRAIN or self.writes is None
-            while held and (drain or self.writes.done(held[0].path)):
-                if self.writes is not None:
-                    self.writes.done(held[0].path, wait=True)
+            while held and self._written(held[0], wait=drain):
                 yield held.popleft()
         for record in held:
-            self.writes.done(record.path, wait=True)
+            self._written(record, wait=True)
             yield record
+
+    def _written(self, record: Record, wait: bool) -> bool:
+        return self.writes is None or self.writes.done(record.path, wait)
 
     def _records(self, sources: Iterable[Source]) -> Iterator[Record | object]:
         pending: list[Prepared[T]] = []

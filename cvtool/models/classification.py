@@ -177,8 +177,8 @@ def fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classes
 def load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name: str) -> None:
     """Strict load with a one-line summary of what does not fit; tensors the module cannot
     compute with (integers for floats, NaN) are refused too."""
-    check_tensors(module, state, source)
     expected = module.state_dict()
+    check_tensors(expected, state, source)
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
     misshapen = [key for key in expected

@@ -175,7 +175,7 @@ def load_fitting(module: nn.Module, state: Mapping[str, Any], source: str,
     expected = module.state_dict()
     fitting = {key: value for key, value in state.items()
                if key in expected and expected[key].shape == value.shape}
-    check_tensors(module, fitting, source)
+    check_tensors(expected, fitting, source)
     if not fitting:
         raise UsageError(f"{source}: no tensor fits {name}")
     module.load_state_dict(fitting, strict=False)

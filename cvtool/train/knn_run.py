@@ -11,6 +11,7 @@ from cvtool.train.config import ClassifyConfig
 from cvtool.train.data import ClassificationData
 from cvtool.train.knn import fit_knn
 from cvtool.train.loop import Evaluation
+from cvtool.train.report import write_summary
 from cvtool.train.state import CONFIG, write_metrics_lines
 from cvtool.writers import write_json
 
@@ -18,8 +19,6 @@ from cvtool.writers import write_json
 def train_knn(env: Environment, config: ClassifyConfig, data: ClassificationData,
               run_dir: Path, meta: dict[str, Any]) -> dict[str, Any]:
     """k (and the distance) chosen by cross-validation on train; one "epoch": the fit."""
-    from cvtool.train.run import write_summary
-
     fit = fit_knn(data, k=config.k, distance=config.distance, folds=config.folds,
                   seed=config.seed)
     meta = {**meta, "architecture": fit.module.architecture}

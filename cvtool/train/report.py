@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cvtool.writers import write_bytes
+from cvtool.writers import write_bytes, write_json
+
+if TYPE_CHECKING:
+    from cvtool.train.data import ClassificationData
+    from cvtool.train.loop import Evaluation
 
 CURVES = "curves.png"
 CONFUSION = "confusion_matrix.png"
@@ -76,3 +80,15 @@ def _save(figure: Any, path: Path) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     write_bytes(path, buffer.getvalue())
+
+
+def write_summary(run_dir: Path, data: ClassificationData, evaluation: Evaluation,
+                  details: dict[str, Any]) -> dict[str, Any]:
+    """metrics.json and the confusion matrix of the val predictions; returns the summary."""
+    matrix = confusion_matrix(evaluation.labels, evaluation.predictions, len(data.classes))
+    write_confusion(run_dir, matrix, data.classes,
+                    f"val accuracy {evaluation.accuracy:.4f} ({len(evaluation.labels)} images)")
+    summary = {"run_dir": str(run_dir), "val_accuracy": evaluation.accuracy,
+               "val_images": len(evaluation.labels), **details, "confusion_matrix": matrix}
+    write_json(run_dir / "metrics.json", summary)
+    return summary

@@ -30,9 +30,9 @@ from cvtool.train import sanity
 from cvtool.train.architectures import build_classifier, pretrained_preprocessing
 from cvtool.train.config import ClassifyConfig
 from cvtool.train.data import ClassificationData, load_classification_data
-from cvtool.train.loop import Evaluation, Trainer, loop_settings
+from cvtool.train.loop import Trainer, loop_settings
 from cvtool.train.progress import EpochProgress
-from cvtool.train.report import confusion_matrix, write_confusion, write_curves
+from cvtool.train.report import write_curves, write_summary
 from cvtool.train.session import start_run
 from cvtool.train.state import (
     CONFIG,
@@ -177,15 +177,3 @@ def _sanity_summary(report: dict[str, Any]) -> dict[str, Any]:
     top = ("initial_loss", "expected_initial_loss", "initial_loss_agrees")
     return {**{key: report.get(key) for key in top},
             "sanity": {key: value for key, value in report.items() if key not in top}}
-
-
-def write_summary(run_dir: Path, data: ClassificationData, evaluation: Evaluation,
-                  details: dict[str, Any]) -> dict[str, Any]:
-    """metrics.json and the confusion matrix of the val predictions; returns the summary."""
-    matrix = confusion_matrix(evaluation.labels, evaluation.predictions, len(data.classes))
-    write_confusion(run_dir, matrix, data.classes,
-                    f"val accuracy {evaluation.accuracy:.4f} ({len(evaluation.labels)} images)")
-    summary = {"run_dir": str(run_dir), "val_accuracy": evaluation.accuracy,
-               "val_images": len(evaluation.labels), **details, "confusion_matrix": matrix}
-    write_json(run_dir / "metrics.json", summary)
-    return summary
