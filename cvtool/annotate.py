@@ -9,10 +9,12 @@ Pillow and numpy only; every file is written atomically.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +41,28 @@ def draw_detections(image: Image.Image, detections: list[dict[str, Any]]) -> Ima
         canvas = _blend_masks(canvas, masked)
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(canvas.size) / 250))
-    font = ImageFont.load_default()
     for detection in detections:
         rgb = colour(detection["index"])
         x1, y1, x2, y2 = detection["box"]
         draw.rectangle((x1, y1, x2, y2), outline=rgb, width=width)
-        tag = f"{detection['label']} {detection['score']:.2f}"
-        _, _, text_width, text_height = draw.textbbox((0, 0), tag, font=font)
+        text = _tag(f"{detection['label']} {detection['score']:.2f}")
+        text_width, text_height = text.size
         # Above the box, or just inside it when the box touches the top edge.
         top = y1 - text_height - 2 if y1 >= text_height + 2 else y1
         draw.rectangle((x1, top, x1 + text_width + 2, top + text_height + 2), fill=rgb)
-        draw.text((x1 + 1, top + 1), tag, fill=(0, 0, 0), font=font)
+        canvas.paste((0, 0, 0), (round(x1) + 1, round(top) + 1), text)
     return canvas
+
+
+@functools.lru_cache(maxsize=4096)
+def _tag(text: str) -> Image.Image:
+    """`text` rendered once in the default font, as the coverage mask it is pasted through
+    (labels and two-decimal scores repeat; rendering them is most of the drawing's cost)."""
+    font = ImageFont.load_default()
+    _, _, width, height = font.getbbox(text)
+    mask = Image.new("L", (width, height))
+    ImageDraw.Draw(mask).text((0, 0), text, fill=255, font=font)
+    return mask
 
 
 def _blend_masks(canvas: Image.Image, detections: list[dict[str, Any]]) -> Image.Image:
@@ -128,5 +140,7 @@ def encoded(image: Image.Image, suffix: str) -> bytes:
     if suffix.lower() in (".jpg", ".jpeg"):
         image.save(buffer, format="JPEG", quality=95)
     else:
-        image.save(buffer, format="PNG")
+        # zlib's run-length strategy: 3-4x faster than the default on photos, files ~4% larger
+        # (OpenCV's default for PNG too). Artifacts are written for every input; speed wins.
+        image.save(buffer, format="PNG", compress_type=zlib.Z_RLE)
     return buffer.getvalue()

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -60,6 +61,8 @@ def save_checkpoint(path: Path, state_dict: Mapping[str, Tensor], meta: dict) ->
     tensors = {key: value.detach().cpu().contiguous().clone() for key, value in state_dict.items()}
     with atomic_path(path) as temp:
         save_file(tensors, str(temp))
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())  # on disk before its name is, as the sidecar
     with atomic_open(path.with_suffix(".json"), "w") as handle:
         handle.write(sidecar + "\n")
 

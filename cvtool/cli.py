@@ -361,6 +361,10 @@ def _warnings_as_lines(env: Environment) -> Iterator[None]:
 
     with warnings.catch_warnings():
         warnings.simplefilter("default")
+        # Libraries' deprecation notes (pycocotools under numpy 2, ...) are for their callers'
+        # developers, not for the person running cvtool; cvtool's own still show.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"cvtool\b")
         # cvtool checks every image against its own --max-pixels before decoding it.
         warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
         warnings.showwarning = show

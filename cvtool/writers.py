@@ -11,7 +11,7 @@ import json
 import math
 import os
 import re
-import tempfile
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,6 +21,7 @@ from typing import IO, Any, Protocol
 from cvtool.results import Record, printable
 
 RECORD_FORMATS = ("table", "jsonl", "csv", "coco")
+WRITER_NICENESS = 10  # artifact writer threads, relative to the process
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 # For csv: the list in each task's payload that becomes one row per item, and the item's columns.
@@ -207,7 +208,8 @@ class BackgroundWrites:
     def __init__(self, workers: int = 2, limit: int = 16) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
-        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cvtool-write")
+        self.executor = ThreadPoolExecutor(workers, thread_name_prefix="cvtool-write",
+                                           initializer=_yield_to_the_model)
         self.pending: dict[str, list[Any]] = {}
         self.slots = threading.BoundedSemaphore(limit)
 
@@ -229,23 +231,47 @@ class BackgroundWrites:
         self.executor.shutdown(wait=True, cancel_futures=True)
 
 
+def _yield_to_the_model() -> None:
+    """Run this writer thread at a lower priority (Linux: nice is per thread), so on a busy
+    machine it takes the cores the model leaves idle instead of the model's own time."""
+    try:
+        thread = threading.get_native_id()
+        niceness = os.getpriority(os.PRIO_PROCESS, thread) + WRITER_NICENESS
+        os.setpriority(os.PRIO_PROCESS, thread, min(niceness, 19))
+    except (AttributeError, OSError):  # not Linux, or not permitted: normal priority
+        pass
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """A temp path beside `path`, renamed over it once the block succeeds: readers never see
-    half a file, and a failure leaves the old file (or none) in place."""
+    half a file, and a failure leaves the old file (or none) in place. The temp file exists,
+    empty, made as open() would make it (mode 0666 less the umask)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    tmp = _temp_file(path)
     try:
-        yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give what open() would
+        yield tmp
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError) and exc.filename is None:
             exc.filename = str(path)  # a write to the handle names no file; say which
         raise
+
+
+def _temp_file(path: Path) -> Path:
+    """A new, empty file named `.NAME.XXXXXXXX.tmp` beside `path` (its folders made first)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            os.close(os.open(tmp, flags, 0o666))
+            return tmp
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)  # then try again
+    raise FileExistsError(f"no free temporary name beside {path}")
 
 
 @contextmanager
@@ -254,12 +280,6 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO[Any]]:
         yield handle
         handle.flush()
         os.fsync(handle.fileno())
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def write_bytes(path: Path, data: bytes) -> None:
