@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def checkpoint_of(model: str) -> Path:
     sys.path.insert(0, str(ROOT))
-    from cvtool.checkpoint import resolve_checkpoint
-    from cvtool.registry import get_spec
+    from cvtool.models.checkpoint import resolve_checkpoint
+    from cvtool.models.registry import get_spec
 
     path = Path(model)
     return resolve_checkpoint(path if path.exists() else get_spec(model).checkpoint_path)
@@ -40,7 +40,7 @@ def make_images(out: Path, count: int) -> None:
     sys.path.insert(0, str(ROOT))
     from PIL import Image
 
-    from cvtool.shapes import render
+    from cvtool.data.shapes import render
 
     for index in range(count):
         Image.fromarray(render(99, "val", index).pixels).save(out / f"{index:06d}.png")

@@ -27,9 +27,9 @@ from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.svm import LinearSVC
 
-from cvtool.cli import run_cli
-from cvtool.context import Environment
-from cvtool.train.data import ClassificationData, load_classification_data
+from cvtool.cli.app import run_cli
+from cvtool.core.context import Environment
+from cvtool.data.classification import ClassificationData, load_classification_data
 from cvtool.train.knn import CANDIDATE_K, fit_knn, stacked
 
 FOLDS = 5

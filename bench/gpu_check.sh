@@ -25,8 +25,8 @@ for op in matmul conv2d; do
     sizes=$([ "$op" = matmul ] && echo "${MATMUL_SIZES:-square,layers}" \
             || echo "${CONV_SIZES:-resnet50,mobilenet_v2}")
     "${cmd[@]}" --ops "$op" --sizes "$op=$sizes" --batch-sizes "${BATCHES:-1,32}" \
-        --devices cpu,cuda --threads 1,all --flush-l2 --warmup 2 --max-time 1.0 \
-        --format json --output "$OUT/$op.json" --plot "$OUT/$op.png" \
+        --devices cpu,cuda --thread-counts 1,all --flush-l2 --warmup 2 --max-time 1.0 \
+        --format json --save-json "$OUT/$op.json" --plot "$OUT/$op.png" \
         --fail-below "$op:cuda:*:speedup=1" "$@" > /dev/null 2>> "$OUT/log.txt"
     code=$?
     echo "$op: exit $code" | tee -a "$OUT/log.txt"

@@ -1,3 +1,3 @@
-from cvtool.cli import main
+from cvtool.cli.app import main
 
 main()

@@ -67,7 +67,7 @@ def write_photos(out_dir: Path) -> list[Path]:
 
 def held_out_examples(labels: np.ndarray) -> list[int]:
     """The first DIGITS_PER_CLASS indices of each class in the validation part of the split."""
-    from cvtool.train.data import stratified_split
+    from cvtool.data.classification import stratified_split
 
     _, val = stratified_split([int(label) for label in labels], HELD_OUT_FRACTION, seed=0)
     return [index for label in range(10)
@@ -76,7 +76,7 @@ def held_out_examples(labels: np.ndarray) -> list[int]:
 
 def digit_image(pixels: np.ndarray) -> Image.Image:
     """8x8 counts 0..16, scaled as training scales them, enlarged to 32x32 with blocks kept sharp."""
-    from cvtool.train.data import digit_image as training_digit
+    from cvtool.data.classification import digit_image as training_digit
 
     return training_digit(pixels).convert("L").resize((DIGIT_SIZE, DIGIT_SIZE),
                                                       Image.Resampling.NEAREST)
@@ -96,7 +96,7 @@ def write_digits(out_dir: Path) -> list[Path]:
 
 
 def write_shapes(out_dir: Path) -> list[Path]:
-    from cvtool.shapes import render
+    from cvtool.data.shapes import render
 
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []

@@ -10,8 +10,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvtool.cli import run_cli
-from cvtool.context import Environment
+from cvtool.cli.app import run_cli
+from cvtool.core.context import Environment
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cvtool.models.detection import build_detector
-from cvtool.registry import get_spec
+from cvtool.models.registry import get_spec
 from tests.clirun import Result, cvtool
 
 PERSON, CAR = 1, 3  # COCO category ids, also the torchvision label ids

@@ -7,8 +7,8 @@ import json
 import os
 from pathlib import Path
 
-from cvtool.cli import run_cli
-from cvtool.context import Environment
+from cvtool.cli.app import run_cli
+from cvtool.core.context import Environment
 from tests.clirun import ROOT, _Bytes
 
 SHAPES = sorted((ROOT / "sample_images" / "shapes").glob("shapes_*.png"))
@@ -64,7 +64,7 @@ def test_writer_threads_yield_to_the_model() -> None:
     import sys
     import threading
 
-    from cvtool.writers import WRITER_NICENESS, BackgroundWrites
+    from cvtool.io.writers import WRITER_NICENESS, BackgroundWrites
 
     if not sys.platform.startswith("linux"):
         return  # per-thread nice is Linux's; elsewhere writers keep the normal priority
@@ -78,7 +78,7 @@ def test_writer_threads_yield_to_the_model() -> None:
 
 
 def test_atomic_writes_make_files_as_open_would(tmp_path: Path) -> None:
-    from cvtool.writers import write_artifact, write_json
+    from cvtool.io.writers import write_artifact, write_json
 
     previous = os.umask(0o027)
     try:
@@ -96,7 +96,8 @@ def test_labels_drawn_from_the_cache_match_labels_drawn_directly() -> None:
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    from cvtool.annotate import colour, draw_detections
+    from cvtool.io.annotate import draw_detections
+    from cvtool.io.palette import colour
 
     image = Image.new("RGB", (96, 64), (200, 200, 200))
     detection = {"index": 1, "label": "cat", "score": 0.875, "box": [10.0, 30.0, 80.0, 60.0]}

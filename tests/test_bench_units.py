@@ -9,7 +9,7 @@ from cvtool.bench.gate import evaluate, parse_requirement
 from cvtool.bench.peaks import cpu_dtype_support, cpu_peak, gpu_peak, read_cpuinfo
 from cvtool.bench.runner import BenchResult, add_speedups
 from cvtool.bench.timing import Plan, Series, is_noisy, measure, median_iqr
-from cvtool.status import UsageError
+from cvtool.core.status import UsageError
 
 # --- FLOP formulas against hand-computed cases -------------------------------------------
 

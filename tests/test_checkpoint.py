@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, save_checkpoint
-from cvtool.status import UsageError
+from cvtool.core.status import UsageError
+from cvtool.models.checkpoint import build_architecture, load_checkpoint, save_checkpoint
 
 META = {
     "task": "classify",

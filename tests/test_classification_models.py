@@ -14,10 +14,10 @@ import torchvision
 from safetensors.torch import save_file
 from torchvision.transforms._presets import ImageClassification
 
-from cvtool.checkpoint import save_checkpoint
+from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models import classification_transforms, describe, is_cached, load_classifier, pull
-from cvtool.registry import get_spec
-from cvtool.status import ResourceUnavailable, UsageError
+from cvtool.models.checkpoint import save_checkpoint
+from cvtool.models.registry import get_spec
 
 NAME = "mobilenet_v3_small"
 DEFAULT = torchvision.models.MobileNet_V3_Small_Weights.DEFAULT

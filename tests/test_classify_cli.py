@@ -96,7 +96,10 @@ def test_csv_and_table_formats(weights_file, images):
         classify(weights_file, str(images), "--format", "csv", "--topk", "2").stdout)))
     assert len(rows) == 6 and [r["rank"] for r in rows[:2]] == ["1", "2"]
     jsonl = classify(weights_file, str(images), "--topk", "2").records()
-    assert float(rows[0]["score"]) == jsonl[0]["predictions"][0]["score"]
+    # Two runs: which inputs share a batch depends on decode timing, and float32 rounds
+    # differently per batch, so the last digits may differ.
+    assert float(rows[0]["score"]) == pytest.approx(jsonl[0]["predictions"][0]["score"],
+                                                    rel=1e-6)
     table = classify(weights_file, str(images), "--format", "table", "--topk", "1")
     assert table.code == 0 and jsonl[0]["predictions"][0]["label"] in table.stdout
     assert not table.stdout.lstrip().startswith("{")
@@ -267,7 +270,7 @@ def test_a_registry_name_wins_over_a_local_folder_of_that_name(tmp_path, monkeyp
     import json
     import shutil
 
-    from cvtool.registry import get_spec
+    from cvtool.models.registry import get_spec
 
     house = get_spec("digits-cnn").checkpoint_path
     meta = json.loads(house.with_suffix(".json").read_text())

@@ -15,7 +15,7 @@ COMMANDS = ["classify", "segment-semantic", "models", "benchmark-device"]
 
 
 def test_help_never_imports_torch():
-    script = ("import sys\nfrom cvtool.cli import run_cli\n"
+    script = ("import sys\nfrom cvtool.cli.app import run_cli\n"
               f"for args in [['--help']] + [[c, '--help'] for c in {COMMANDS!r}]:\n"
               "    assert run_cli(args) == 0, args\n"
               "heavy = [m for m in ('torch', 'torchvision', 'segmentation_models_pytorch',"
@@ -80,9 +80,9 @@ def test_classify_preprocessing_equals_weights_transforms(arch, photo_paths):
     """The tensor the model sees is exactly what `weights.transforms()` makes of the photo."""
     from torchvision.models import get_model_weights
 
-    from cvtool.decode import load_image
+    from cvtool.io.decode import load_image
     from cvtool.models import load_classifier
-    from cvtool.preprocess import classification_input
+    from cvtool.models.preprocess import classification_input
 
     reference = get_model_weights(arch).DEFAULT.transforms()
     loaded = load_classifier(arch, "none", warn=lambda message: None)
@@ -95,8 +95,8 @@ def test_classify_preprocessing_equals_weights_transforms(arch, photo_paths):
 def test_tta_views_share_the_model_transforms(photo_paths):
     from torchvision.models import get_model_weights
 
-    from cvtool.decode import load_image
-    from cvtool.preprocess import classification_input
+    from cvtool.io.decode import load_image
+    from cvtool.models.preprocess import classification_input
 
     transforms = get_model_weights("resnet50").DEFAULT.transforms()
     image = load_image(str(photo_paths[0]))

@@ -12,8 +12,8 @@ import pytest
 from awkward import BLUE, EXPECTED_OK, RED, ROTATED_SIZE, bomb_png_bytes
 from PIL import Image, ImageFile
 
-from cvtool.decode import DEFAULT_MAX_PIXELS, load_image, to_rgb
-from cvtool.results import InputError, InputFailure
+from cvtool.core.results import InputError, InputFailure
+from cvtool.io.decode import DEFAULT_MAX_PIXELS, load_image, to_rgb
 
 EXPECTED_ERROR = {
     "empty.jpg": "EmptyFile",

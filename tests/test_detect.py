@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from cvtool.decode import load_image
+from cvtool.io.decode import load_image
 from tests.clirun import cvtool
 from tests.detecting import (
     CAR,

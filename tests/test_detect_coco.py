@@ -11,8 +11,8 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from cvtool.coco import STAT_NAMES, load_ground_truth
-from cvtool.status import UsageError
+from cvtool.core.status import UsageError
+from cvtool.io.coco import STAT_NAMES, load_ground_truth
 from tests.detecting import CAR, PERSON, SSD, run, save_state_dict, textured
 
 

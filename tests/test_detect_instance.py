@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 import cvtool.models.detection as detection
-from cvtool.coco import STAT_NAMES, decode_mask
+from cvtool.io.coco import STAT_NAMES, decode_mask
 from tests.detecting import (
     MASKRCNN,
     PERSON,
@@ -104,7 +104,7 @@ def test_annotated_image_has_translucent_masks_and_csv_has_areas(weights, scenes
     assert np.abs(drawn - original)[inside].mean() > 5  # tinted
     # One detection drawn alone: everywhere but its mask, box and tag (at most 100x14 px above
     # the box) the scene is untouched; inside, the mask's colour is blended in.
-    from cvtool.annotate import draw_detections
+    from cvtool.io.annotate import draw_detections
 
     first = record["detections"][0]
     alone = np.asarray(draw_detections(Image.open(scenes / "a.png"), [first]), dtype=float)

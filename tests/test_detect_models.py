@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision.ops import FrozenBatchNorm2d
 
+from cvtool.core.status import UsageError
 from cvtool.models.detection import build_detector, load_detector
-from cvtool.registry import list_models
-from cvtool.status import UsageError
+from cvtool.models.registry import list_models
 from tests.detecting import FAST_DETECTOR
 
 # About 5 s each on 2 CPU cores (large checkpoints, heads run on every random proposal).

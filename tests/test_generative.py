@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from cvtool import registry
-from cvtool.checkpoint import save_checkpoint
-from cvtool.cli import run_cli
-from cvtool.context import Environment
+from cvtool.cli.app import run_cli
+from cvtool.core.context import Environment
 from cvtool.generative import fid, gan, pixelcnn, vae
 from cvtool.generative.checkpoint import checkpoint_meta
+from cvtool.models import registry
+from cvtool.models.checkpoint import save_checkpoint
 from tests.clirun import ROOT, cvtool
 
 TINY = {
@@ -228,7 +228,7 @@ def test_bad_options_are_one_line_usage_errors(args, message, run_dirs, tmp_path
 
 
 def test_generate_help_never_imports_torch():
-    script = ("import sys\nfrom cvtool.cli import run_cli\n"
+    script = ("import sys\nfrom cvtool.cli.app import run_cli\n"
               "assert run_cli(['generate', '--help']) == 0\n"
               "heavy = [m for m in ('torch', 'torchvision', 'PIL.Image') if m in sys.modules]\n"
               "assert not heavy, heavy\n")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file, save_file
 
-from cvtool.registry import get_spec
+from cvtool.models.registry import get_spec
 from tests.clirun import cvtool
 
 SAMPLE = "sample_images/digits/digit_0_0078.png"

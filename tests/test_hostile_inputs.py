@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cvtool.registry import get_spec
+from cvtool.models.registry import get_spec
 from tests.clirun import ROOT, cvtool
 
 DIGIT = ROOT / "sample_images/digits/digit_0_0078.png"
@@ -215,7 +215,7 @@ def test_permission_denied_is_not_file_not_found(tmp_path: Path) -> None:
         locked.mkdir()
         shutil.copy(DIGIT, locked / "x.png")
         locked.chmod(0)
-        probe = ("import json; from cvtool.sources import iter_sources; "
+        probe = ("import json; from cvtool.io.sources import iter_sources; "
                  f"print(json.dumps([s.error.__dict__ for s in iter_sources(['{locked}/x.png', "
                  f"'{locked}'])]))")
         command = [sys.executable, "-c", probe]

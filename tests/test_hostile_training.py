@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from cvtool.status import UsageError
-from cvtool.train.detection_data import CocoDataset, load_detection_data
+from cvtool.core.status import UsageError
+from cvtool.data.detection import CocoDataset, load_detection_data
 from tests.clirun import cvtool
 from tests.test_hostile_inputs import fill
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvtool.coco import decode_mask
-from cvtool.shapes import render
+from cvtool.data.shapes import render
+from cvtool.io.coco import decode_mask
 from tests.clirun import ROOT, cvtool
 
 SHAPES = sorted((ROOT / "sample_images" / "shapes").glob("shapes_*.png"))

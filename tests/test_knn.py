@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, save_checkpoint
+from cvtool.core.status import UsageError
+from cvtool.data.classification import ClassificationData, load_classification_data
+from cvtool.models.checkpoint import build_architecture, load_checkpoint, save_checkpoint
 from cvtool.models.knn import KNearestNeighbors
-from cvtool.status import UsageError
-from cvtool.train.data import ClassificationData, load_classification_data
 from cvtool.train.knn import CANDIDATE_DISTANCES, CANDIDATE_K, KnnFit, fit_knn
 from tests.clirun import cvtool
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import PurePath
 
-from cvtool.coco import ResultCollector
-from cvtool.matching import TailIndex
-from cvtool.results import Record
+from cvtool.core.results import Record
+from cvtool.io.coco import ResultCollector
+from cvtool.io.matching import TailIndex
 
 
 def test_longest_tail_wins_and_the_first_duplicate_is_kept() -> None:

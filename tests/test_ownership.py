@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cvtool.ownership import LOCK_NAME, claim_directory
+from cvtool.core.ownership import LOCK_NAME, claim_directory
 from tests.clirun import ROOT, cvtool
 
 DIGIT = "sample_images/digits/digit_0_0078.png"

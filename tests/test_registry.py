@@ -7,12 +7,12 @@ import sys
 
 import pytest
 
-from cvtool.registry import PACKAGE_DIR, TASKS, get_spec, list_models, resolve_reference
-from cvtool.status import UsageError
+from cvtool.core.status import UsageError
+from cvtool.models.registry import PACKAGE_DIR, TASKS, get_spec, list_models, resolve_reference
 
 
 def test_import_does_not_load_torch() -> None:
-    code = "import cvtool.registry, sys; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import cvtool.models.registry, sys; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=PACKAGE_DIR.parent)
 
 
@@ -108,7 +108,8 @@ def test_unknown_name_without_close_matches_still_points_at_listing() -> None:
         get_spec("zzzzzz")
 
 
-@pytest.mark.parametrize("reference", ["no_such_module:thing", "cvtool.registry:NoSuch", "cvtool"])
+@pytest.mark.parametrize("reference", ["no_such_module:thing",
+                                       "cvtool.models.registry:NoSuch", "cvtool"])
 def test_bad_reference_is_a_usage_error(reference: str) -> None:
     with pytest.raises(UsageError, match="cannot resolve"):
         resolve_reference(reference)

@@ -17,9 +17,9 @@ import torchvision.transforms.functional as TF
 from huggingface_hub import constants
 from PIL import Image
 
-from cvtool.checkpoint import save_checkpoint
-from cvtool.decode import load_image
-from cvtool.masks import COLOURS
+from cvtool.io.decode import load_image
+from cvtool.io.palette import COLOURS
+from cvtool.models.checkpoint import save_checkpoint
 from tests.awkward import ROTATED_SIZE, make_awkward_inputs
 from tests.clirun import Result, cvtool
 from tests.detecting import save_exif_rotated, textured
@@ -258,7 +258,7 @@ def test_ground_truth_problems_are_per_input_errors(weights, scenes, tmp_path) -
 
 
 def test_ground_truth_is_found_by_the_longest_trailing_path(tmp_path) -> None:
-    from cvtool.masks import GroundTruthMasks
+    from cvtool.io.masks import GroundTruthMasks
 
     for name in ("a.png", "val/a.png", "b/a.PNG", ".hidden/c.png"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)

@@ -15,11 +15,11 @@ from huggingface_hub import constants
 from safetensors.torch import save_file
 from torchvision.transforms._presets import SemanticSegmentation
 
-from cvtool.checkpoint import save_checkpoint
+from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.inference.segment_semantic import class_indices, pad_to
+from cvtool.models.checkpoint import save_checkpoint
+from cvtool.models.registry import list_models
 from cvtool.models.segmentation import BINARY_CLASSES, load_segmenter, segmentation_transforms
-from cvtool.registry import list_models
-from cvtool.status import ResourceUnavailable, UsageError
-from cvtool.tasks.segment_semantic import class_indices, pad_to
 
 TORCHVISION = [s.name for s in list_models("segment-semantic") if s.source == "torchvision"]
 SMP = [s.name for s in list_models("segment-semantic") if s.source == "smp"]

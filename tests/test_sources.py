@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from cvtool.results import InputError
-from cvtool.sources import IMAGE_EXTENSIONS, Source, iter_sources
+from cvtool.core.results import InputError
+from cvtool.io.sources import IMAGE_EXTENSIONS, Source, iter_sources
 
 TREE = [
     "b.jpg", "a.PNG", "z.JPG", "notes.txt", ".hidden.png", ".cache/e.png",

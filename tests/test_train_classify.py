@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from cvtool.cli import run_cli
-from cvtool.context import Environment
+from cvtool.cli.app import run_cli
+from cvtool.core.context import Environment
 from tests.clirun import ROOT, cvtool, kill_after_first_epoch
 
 QUICK = ("--data", "digits", "--device", "cpu", "-q")

@@ -13,9 +13,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms._presets import ImageClassification
 
-from cvtool.decode import load_image
-from cvtool.status import UsageError
-from cvtool.train.data import ClassificationData, digits_split, load_classification_data
+from cvtool.core.status import UsageError
+from cvtool.data.classification import ClassificationData, digits_split, load_classification_data
+from cvtool.io.decode import load_image
 from tests.clirun import cvtool
 
 

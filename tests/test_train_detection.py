@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cvtool.train.detection_data import CocoDataset, annotation_mask, load_detection_data
+from cvtool.data.detection import CocoDataset, annotation_mask, load_detection_data
 from cvtool.train.optim import warmup_factor
 from tests.clirun import cvtool, kill_after_first_epoch
 

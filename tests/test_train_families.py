@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvtool.registry import list_models
+from cvtool.models.registry import list_models
 from tests.clirun import cvtool
 
 # family -> the registry model that stands for it (the smallest one)

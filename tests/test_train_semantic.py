@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cvtool.train.semantic_data import SemanticDataset, load_semantic_data
+from cvtool.data.semantic import SemanticDataset, load_semantic_data
 from cvtool.train.semantic_run import semantic_loss
 from tests.clirun import cvtool
 

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from cvtool.data.classification import StreamedImages, load_classification_data
 from cvtool.models.classification import classification_transforms
-from cvtool.train.data import StreamedImages, load_classification_data
 from tests.clirun import cvtool, kill_after_first_epoch
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from cvtool.status import UsageError
+from cvtool.core.status import UsageError
 
 OPS = ("matmul", "conv2d")
 DTYPES = ("float32", "tf32", "bfloat16", "float16")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.bench.cases import DTYPES, OPS
 from cvtool.bench.devices import DEVICES
-from cvtool.status import UsageError
+from cvtool.core.status import UsageError
 
 if TYPE_CHECKING:
     from cvtool.bench.runner import BenchResult

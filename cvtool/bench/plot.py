@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from cvtool.bench.runner import BenchResult
-from cvtool.writers import write_bytes
+from cvtool.io.writers import write_bytes
 
 
 def _series(results: list[BenchResult], metric: str) -> dict[str, dict[str, float]]:

@@ -21,6 +21,7 @@ from cvtool.bench.timing import (
     median_iqr,
 )
 from cvtool.bench.workloads import TOLERANCE, make_workload, reference_error, transfer_ms
+from cvtool.core.context import Warn
 
 DEFAULT_FLUSH_BYTES = 256 * 2**20  # triton's do_bench cache buffer, when L2 size is unknown
 # cuDNN autotuning picks the fastest algorithm per shape during the cold call, which is
@@ -102,7 +103,7 @@ def make_timers(targets: list[Target], devices: dict[str, DeviceInfo],
 
 
 def run_all(settings: Settings, devices: dict[str, DeviceInfo], cpu: CpuInfo,
-            log: Callable[[str], None]) -> list[BenchResult]:
+            log: Warn) -> list[BenchResult]:
     import torch
 
     targets = targets_for(devices, settings.threads)
@@ -126,7 +127,7 @@ def run_all(settings: Settings, devices: dict[str, DeviceInfo], cpu: CpuInfo,
 
 def _run_targets(case: Case, dtype: str, targets: list[Target], devices: dict[str, DeviceInfo],
                  timers: dict[Target, Timer], settings: Settings,
-                 log: Callable[[str], None]) -> list[BenchResult]:
+                 log: Warn) -> list[BenchResult]:
     chosen = [t for t in targets if dtype in devices[t.device].dtypes]
     if not chosen:
         return []

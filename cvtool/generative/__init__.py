@@ -9,8 +9,9 @@ digits have 17 (0..16), 8-bit images 256.
 Per family (see each module): a builder with JSON-serialisable kwargs for checkpoints,
 `training_losses(...) -> {"loss": Tensor, ...}` for one batch (the GAN has one per player),
 evaluation (`pixelcnn.bits_per_dim`, `vae.elbo`, `vae.importance_log_likelihood`) and `sample`.
-`checkpoint.checkpoint_meta` describes a trained model for `cvtool.checkpoint.save_checkpoint`,
-and `checkpoint.load_generative` loads it back (a run directory, a file or a house model name).
+`checkpoint.checkpoint_meta` describes a trained model for
+`cvtool.models.checkpoint.save_checkpoint`, and `checkpoint.load_generative` loads it back (a run
+directory, a file or a house model name).
 
 Nothing here imports torch at package import: the CLI names this package without paying for it.
 """

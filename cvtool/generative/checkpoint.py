@@ -1,8 +1,8 @@
 """Generative checkpoints: what a trained model's meta says, and loading one back.
 
-A generative checkpoint is a cvtool checkpoint (`cvtool.checkpoint`) with task "generate", the
-builder and kwargs of its family (`cvtool.generative.pixelcnn:pixelcnn`, `...vae:vae`,
-`...gan:gan`) and a `generative` block that says what it makes without building it:
+A generative checkpoint is a cvtool checkpoint (`cvtool.models.checkpoint`) with task
+"generate", the builder and kwargs of its family (`cvtool.generative.pixelcnn:pixelcnn`,
+`...vae:vae`, `...gan:gan`) and a `generative` block that says what it makes without building it:
 
     "generative": {"family": "pixelcnn" | "vae" | "gan", "channels": 1 | 3,
                    "image_size": [h, w], "levels": int | null, "latent_dim": int | null}
@@ -18,12 +18,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.core.status import UsageError
 from cvtool.generative import FAMILIES
-from cvtool.models.classification import load_exactly, looks_like_path, ready_for_inference
+from cvtool.models.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.models.loading import load_exactly, looks_like_path, ready_for_inference
+from cvtool.models.registry import get_spec
 from cvtool.models.weights import file_sha256
-from cvtool.registry import get_spec
-from cvtool.status import UsageError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,7 +33,7 @@ BUILDERS = {family: f"cvtool.generative.{family}:{family}" for family in FAMILIE
 
 
 def checkpoint_meta(model: nn.Module, training: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The meta `cvtool.checkpoint.save_checkpoint` stores beside a model that one of this
+    """The meta `cvtool.models.checkpoint.save_checkpoint` stores beside a model that one of this
     package's builders made; `training` is free-form (config, data, metrics)."""
     return {"task": TASK,
             "architecture": {"builder": BUILDERS[model.family], "kwargs": dict(model.kwargs)},

@@ -6,8 +6,8 @@ on 8x8 digits, so the features here are the house classifier's penultimate activ
 input of its last linear layer, 64 numbers for digits-cnn), taken with a forward hook.
 
 The reference is the held-out part of scikit-learn's digits, split exactly as training splits
-them (`cvtool.train.data.digits_split`). FID is biased upwards for small samples, so a figure
-is only meaningful beside `real_floor(n)`: the distance that `n` real digits drawn from the
+them (`cvtool.data.classification.digits_split`). FID is biased upwards for small samples, so
+a figure is only meaningful beside `real_floor(n)`: the distance that `n` real digits drawn from the
 training split reach against the same reference, i.e. what a perfect generator of the
 training distribution would score with the same sample size.
 
@@ -20,10 +20,8 @@ product can return imaginary parts from round-off).
 from __future__ import annotations
 
 import numpy as np
-
-# Imported only when a distance is computed, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
 from cvtool.models.classification import LoadedModel, load_classifier
 
@@ -33,7 +31,7 @@ CLASSIFIER = "digits-cnn"
 def digits_tensor(seed: int = 0, val_split: float = 0.2, part: str = "val") -> torch.Tensor:
     """The digits of one part ("train" or "val") of the training split, as float RGB images
     in [0, 1], (N, 3, 8, 8)."""
-    from cvtool.train.data import digits_split
+    from cvtool.data.classification import digits_split
 
     train, val, _ = digits_split(seed, val_split)
     examples = {"train": train, "val": val}[part]

@@ -20,10 +20,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-# Imported only when a model is built, trained or sampled, never by the CLI's start-up.
-import torch  # noqa: TID253
-import torch.nn.functional as F  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+import torch.nn.functional as F
+from torch import nn
 
 from cvtool.generative.layers import (
     ConvDecoder,

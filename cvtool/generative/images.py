@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
-from cvtool.writers import write_artifact
+from cvtool.io.writers import write_artifact
 
 if TYPE_CHECKING:
     from torch import Tensor

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
-# Imported only when a model is built, trained or sampled, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
 MIN_MAP_SIDE = 4
 

@@ -7,25 +7,31 @@ change), and a cvtool checkpoint rebuilds torchvision's `ImageClassification` fr
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.checkpoint import (
+from cvtool.core.context import Warn
+from cvtool.core.status import UsageError
+from cvtool.models.checkpoint import (
     build_architecture,
     build_on_meta,
-    check_tensors,
     checked_preprocessing,
     load_checkpoint,
     resolve_checkpoint,
-    with_metadata,
 )
-from cvtool.models.weights import file_sha256, state_dict_for
-from cvtool.registry import ModelSpec, get_spec, is_registered, resolve_reference
-from cvtool.status import UsageError
+from cvtool.models.loading import (
+    LoadedModel,
+    built_and_loaded,
+    fitting_num_classes,
+    load_exactly,
+    looks_like_path,
+    ready_for_inference,
+    refuse_weights,
+    warn_on_stderr,
+)
+from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
+from cvtool.models.weights import state_dict_for
 
 if TYPE_CHECKING:
     from torch import nn
@@ -33,26 +39,8 @@ if TYPE_CHECKING:
 _AUX_HEAD_PREFIXES = ("aux1.", "aux2.", "AuxLogits.")
 
 
-def warn_on_stderr(message: str) -> None:
-    print(f"warning: {message}", file=sys.stderr)
-
-
-@dataclass
-class LoadedModel:
-    name: str  # registry name, or the checkpoint path as given
-    module: nn.Module  # eval mode, on CPU, float32
-    categories: list[str]
-    transforms: Callable  # torchvision ImageClassification
-    weights_file: str | None  # where the parameters came from; None for random init
-
-    @cached_property
-    def weights_sha256(self) -> str | None:
-        # Hashed on demand (run.json): reading a large file is not worth it on every start-up.
-        return None if self.weights_file is None else file_sha256(Path(self.weights_file))
-
-
 def load_classifier(model: str, weights: str = "default", offline: bool = False,
-                    warn: Callable[[str], None] = warn_on_stderr) -> LoadedModel:
+                    warn: Warn = warn_on_stderr) -> LoadedModel:
     """Resolve `model` (registry name, checkpoint, run dir) and `weights` (default|none|PATH).
 
     Raises UsageError (unknown model, unfitting or unreadable file) or ResourceUnavailable
@@ -89,24 +77,6 @@ def classification_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
     return transforms
 
 
-def refuse_weights(weights: str, name: str) -> None:
-    """A cvtool checkpoint carries its parameters: any --weights other than default is an error."""
-    if weights != "default":
-        raise UsageError(f"--weights {weights} does not apply to {name}: a cvtool checkpoint "
-                         f"carries its own weights")
-
-
-def looks_like_path(model: str) -> bool:
-    """Whether `-m model` names a file or run directory rather than a registry model.
-
-    A registry name always means the registry's model, even where a file or folder of that name
-    exists here (write `./resnet50` for that); a name with a path separator or a checkpoint
-    suffix is a path; any other name is a path when it exists."""
-    if model.endswith((".safetensors", ".json")) or any(sep in model for sep in ("/", "\\")):
-        return True
-    return not is_registered(model) and Path(model).exists()
-
-
 def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
     refuse_weights(weights, name)
     tensors_path = resolve_checkpoint(path)
@@ -121,7 +91,7 @@ def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
 
 
 def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
-                            warn: Callable[[str], None]) -> LoadedModel:
+                            warn: Warn) -> LoadedModel:
     default = resolve_reference(spec.weights)
     categories = list(default.meta["categories"])
     if weights == "none":
@@ -162,61 +132,3 @@ def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],
     return resolve_reference(spec.builder)(weights=None, **kwargs)
 
 
-def fitting_num_classes(module: nn.Module, state: Mapping[str, Any], num_classes: int) -> int:
-    """The file's class count when only the output layers' size differs, else `num_classes`."""
-    expected = module.state_dict()
-    if set(expected) != set(state):
-        return num_classes
-    different = [key for key in expected if expected[key].shape != state[key].shape]
-    found = {state[key].shape[0] for key in different}
-    fits = all(expected[key].shape[0] == num_classes
-               and expected[key].shape[1:] == state[key].shape[1:] for key in different)
-    return found.pop() if different and fits and len(found) == 1 else num_classes
-
-
-def load_exactly(module: nn.Module, state: Mapping[str, Any], source: str, name: str) -> None:
-    """Strict load with a one-line summary of what does not fit; tensors the module cannot
-    compute with (integers for floats, NaN) are refused too."""
-    expected = module.state_dict()
-    check_tensors(expected, state, source)
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    misshapen = [key for key in expected
-                 if key in state and expected[key].shape != state[key].shape]
-    problems = [f"{len(keys)} {what} ({_first(keys)})" for what, keys in (
-        ("missing keys", missing), ("unexpected keys", unexpected), ("of wrong shape", misshapen))
-        if keys]
-    if problems:
-        raise UsageError(f"{source} does not fit {name}: {', '.join(problems)}")
-    try:
-        module.load_state_dict(with_metadata(state, module), strict=True,
-                               assign=_has_meta_tensors(module))
-    except (RuntimeError, ValueError) as error:
-        raise UsageError(f"{source} does not fit {name}: {' '.join(str(error).split())}") from None
-
-
-def built_and_loaded(build: Callable[[], nn.Module], state: Mapping[str, Any], source: str,
-                     name: str) -> nn.Module:
-    """`build()`'s module holding `state`, loaded strictly.
-
-    Built on the meta device first: no time goes into a random init the state overwrites anyway.
-    Built again for real only when buffers outside the state dict still need values.
-    """
-    module = build_on_meta(build) or build()
-    load_exactly(module, state, source, name)
-    if _has_meta_tensors(module):
-        module = build()
-        load_exactly(module, state, source, name)
-    return module
-
-
-def _has_meta_tensors(module: nn.Module) -> bool:
-    return any(tensor.is_meta for tensor in (*module.parameters(), *module.buffers()))
-
-
-def ready_for_inference(module: nn.Module) -> nn.Module:
-    return module.float().to("cpu").eval()
-
-
-def _first(keys: list[str], shown: int = 3) -> str:
-    return ", ".join(keys[:shown]) + (", ..." if len(keys) > shown else "")

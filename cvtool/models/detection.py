@@ -9,12 +9,15 @@ masks back to the input's own pixels.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
-from cvtool.models.classification import (
+from cvtool.core.context import Warn
+from cvtool.core.status import UsageError
+from cvtool.io.coco import encode_mask
+from cvtool.models.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.models.loading import (
     LoadedModel,
     load_exactly,
     looks_like_path,
@@ -22,11 +25,11 @@ from cvtool.models.classification import (
     refuse_weights,
     warn_on_stderr,
 )
+from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
 from cvtool.models.weights import state_dict_for
-from cvtool.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.status import UsageError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 # Which registry tasks can serve each command: Mask R-CNN also detects (its masks are dropped).
@@ -36,8 +39,11 @@ SERVES: dict[str, tuple[str, ...]] = {
 }
 
 
+
+MASK_THRESHOLD = 0.5  # a pixel belongs to the object where the mask probability reaches this
+
 def load_detector(model: str, weights: str, task: str, offline: bool = False,
-                  warn: Callable[[str], None] = warn_on_stderr) -> LoadedModel:
+                  warn: Warn = warn_on_stderr) -> LoadedModel:
     """Resolve `model` (registry name, cvtool checkpoint or run dir) for `task` with `weights`
     default|none|PATH.
 
@@ -104,3 +110,27 @@ def freeze_batch_norms(module: nn.Module, state: Mapping[str, Any]) -> None:
             if isinstance(layer, nn.BatchNorm2d) and f"{key}.weight" in state \
                     and f"{key}.num_batches_tracked" not in state:
                 setattr(child, child_name, FrozenBatchNorm2d(layer.num_features, eps=layer.eps))
+
+
+def detections_of(output: dict[str, torch.Tensor], categories: Sequence[str], conf: float,
+                  wanted: set[int] | None, masks: bool) -> list[dict[str, Any]]:
+    """A torchvision detector's output for one image as the records' `detections` list."""
+    import torch
+
+    keep = output["scores"] >= conf
+    if wanted is not None:
+        keep &= torch.isin(output["labels"], torch.tensor(sorted(wanted), device=keep.device))
+    scores = output["scores"][keep].double().cpu().tolist()
+    labels = output["labels"][keep].cpu().tolist()
+    boxes = output["boxes"][keep].double().cpu().tolist()
+    detections = [{"index": i, "label": _label(categories, i), "score": s, "box": b}
+                  for i, s, b in zip(labels, scores, boxes)]
+    if masks:
+        planes = (output["masks"][keep, 0] >= MASK_THRESHOLD).cpu().numpy()
+        for detection, plane in zip(detections, planes):
+            detection["mask"], detection["area"] = encode_mask(plane)
+    return detections
+
+
+def _label(categories: Sequence[str], index: int) -> str:
+    return categories[index] if 0 <= index < len(categories) else f"class_{index}"

@@ -12,8 +12,8 @@ batch, and a classify run must find the neighbours the training run found.
 
 from __future__ import annotations
 
-import torch  # noqa: TID253 - loaded only by checkpoint builders and trainers, never by the CLI
-from torch import Tensor, nn  # noqa: TID253
+import torch
+from torch import Tensor, nn
 
 DISTANCES = {"l1": 1.0, "l2": 2.0}  # name -> p of the Minkowski distance
 TIE_WEIGHT = 1e-4

@@ -13,7 +13,7 @@
   warning, where it is not there and `--weights` is not `default`), padded at the bottom and
   right to what the architecture needs.
 - cvtool checkpoints (`cvtool train segment-semantic` runs, house models such as `shapes-unet`),
-  whose JSON meta (see cvtool/checkpoint.py) reads:
+  whose JSON meta (see cvtool/models/checkpoint.py) reads:
 
     "task": "segment-semantic",
     "architecture": {"builder": "segmentation_models_pytorch:Unet",   # any trusted builder
@@ -38,14 +38,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.checkpoint import (
+from cvtool.core.context import Warn
+from cvtool.core.results import one_line
+from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.models.checkpoint import (
     build_architecture,
     build_on_meta,
     checked_preprocessing,
     load_checkpoint,
     resolve_checkpoint,
 )
-from cvtool.models.classification import (
+from cvtool.models.loading import (
     LoadedModel,
     built_and_loaded,
     fitting_num_classes,
@@ -54,10 +57,8 @@ from cvtool.models.classification import (
     refuse_weights,
     warn_on_stderr,
 )
+from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
 from cvtool.models.weights import state_dict_for
-from cvtool.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.results import one_line
-from cvtool.status import ResourceUnavailable, UsageError
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,7 +67,6 @@ TASK = "segment-semantic"
 DEFAULT_ENCODER = "resnet34"  # smp's own default
 BINARY_CLASSES = ["background", "foreground"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-Warn = Callable[[str], None]
 
 
 @dataclass

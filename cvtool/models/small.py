@@ -12,9 +12,8 @@ import copy
 import math
 from collections.abc import Sequence
 
-# Imported only when a model is built or trained, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU,

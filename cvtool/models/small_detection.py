@@ -14,9 +14,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-# Imported only when a model is built or trained, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
 
 class PlainConvBackbone(nn.Module):

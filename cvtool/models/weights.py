@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-from cvtool.registry import ModelSpec, resolve_reference
-from cvtool.results import one_line
-from cvtool.status import ResourceUnavailable, UsageError
+from cvtool.core.results import one_line
+from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.models.registry import ModelSpec, resolve_reference
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -62,14 +62,9 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
     }
 
 
-def pull(spec: ModelSpec, offline: bool, progress: bool = True,
-         encoder: str | None = None) -> Path:
-    """Make sure `spec`'s default weights are in the cache and return the cached file
-    (for smp models: the ImageNet weights of `encoder`, in the Hugging Face cache)."""
-    if spec.source == "smp":
-        from cvtool.models.segmentation import pull_encoder
-
-        return pull_encoder(spec, encoder, offline)
+def pull_default(spec: ModelSpec, offline: bool, progress: bool = True) -> Path:
+    """Make sure `spec`'s default weights (torchvision's, or a house checkpoint) are in the
+    cache and return the cached file. smp's encoder weights: `cvtool.models.pull`."""
     path = local_weights_path(spec)
     if path is None:
         raise UsageError(f"{spec.name} has no default weights to pull")
@@ -170,7 +165,7 @@ def load_fitting(module: nn.Module, state: Mapping[str, Any], source: str,
                  name: str) -> list[str]:
     """Fine-tuning: load the tensors of `state` whose name and shape fit `module`; return the
     names of the module's tensors left as initialised (typically the class head)."""
-    from cvtool.checkpoint import check_tensors
+    from cvtool.models.checkpoint import check_tensors
 
     expected = module.state_dict()
     fitting = {key: value for key, value in state.items()

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-from torch import nn  # noqa: TID253
+from torch import nn
 
+from cvtool.core.context import Warn
+from cvtool.core.status import UsageError
+from cvtool.models.registry import get_spec, resolve_reference
 from cvtool.models.small import initialise
-from cvtool.registry import get_spec, resolve_reference
-from cvtool.status import UsageError
 from cvtool.train.config import SMALL_MODELS, ClassifyConfig
 
 # torchvision nets whose training forward returns auxiliary outputs unless told not to.
@@ -19,7 +18,7 @@ _AUX_LOGITS = ("googlenet", "inception_v3")
 
 def build_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
                      num_classes: int, offline: bool,
-                     warn: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+                     warn: Warn) -> tuple[nn.Module, dict[str, Any]]:
     """A freshly initialised (or pretrained, for --weights) module and its architecture meta."""
     if config.model in SMALL_MODELS:
         architecture = {"builder": f"cvtool.models.small:{config.model}",
@@ -44,7 +43,7 @@ def small_kwargs(config: ClassifyConfig, input_shape: tuple[int, int, int],
 
 def _torchvision_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
                             num_classes: int, offline: bool,
-                            warn: Callable[[str], None]) -> tuple[nn.Module, dict[str, Any]]:
+                            warn: Warn) -> tuple[nn.Module, dict[str, Any]]:
     spec = get_spec(config.model)  # unknown names: usage error with close matches
     if spec.task != "classify" or spec.source != "torchvision":
         raise UsageError(f"--model {config.model}: expected knn, linear, mlp, cnn or a "
@@ -88,7 +87,7 @@ def _input_size_kwargs(model: str, input_shape: tuple[int, int, int]) -> dict[st
 
 
 def _load_pretrained(module: nn.Module, spec: Any, weights: str, offline: bool,
-                     warn: Callable[[str], None]) -> None:
+                     warn: Warn) -> None:
     """Fine-tuning: every pretrained tensor that fits; the class head stays freshly initialised."""
     from cvtool.models.weights import load_fitting, state_dict_for
 

@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from cvtool.device import PRECISIONS
-from cvtool.status import UsageError
+from cvtool.core.device import PRECISIONS
+from cvtool.core.status import UsageError
 
 SMALL_MODELS = ("linear", "mlp", "cnn")
 CHOICES: dict[str, tuple[str, ...]] = {

@@ -17,26 +17,24 @@ import io
 from pathlib import Path
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
-from cvtool import coco
-from cvtool.checkpoint import build_architecture
-from cvtool.context import Environment
-from cvtool.device import autocast, seed_everything
-from cvtool.models.detection import freeze_batch_norms
-from cvtool.models.weights import load_fitting, state_dict_for
-from cvtool.registry import get_spec
-from cvtool.status import ExitStatus, UsageError
-from cvtool.tasks.detect import detections_of
-from cvtool.train.config import SMALL_DETECTOR, DetectionConfig
-from cvtool.train.detection_data import (
+from cvtool.core.context import Environment
+from cvtool.core.device import autocast, seed_everything
+from cvtool.core.status import UsageError
+from cvtool.data.detection import (
     CocoDataset,
     DetectionData,
     collate,
     load_detection_data,
 )
+from cvtool.io import coco
+from cvtool.models.checkpoint import build_architecture
+from cvtool.models.detection import detections_of, freeze_batch_norms
+from cvtool.models.registry import get_spec
+from cvtool.models.weights import load_fitting, state_dict_for
+from cvtool.train.config import SMALL_DETECTOR, DetectionConfig
 from cvtool.train.loop import EpochTrainer, IterationSettings
 from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
@@ -49,8 +47,8 @@ PANELS = (("loss", ("train_loss",)),
 
 
 def train_detection(env: Environment, config: DetectionConfig | None, run_dir: Path,
-                    resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
-    """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
+                    resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
+    """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
     config, target = start_run(env, run_dir, resume, force, config, DetectionConfig, device,
                                threads)
     data = load_detection_data(config.data, config.masks, env.warn)

@@ -22,19 +22,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
-from cvtool.checkpoint import build_architecture
-from cvtool.context import Environment
-from cvtool.device import autocast, seed_everything
+from cvtool.core.context import Environment
+from cvtool.core.device import autocast, seed_everything
+from cvtool.data.classification import DIGITS, digits_split, read_image_folder
 from cvtool.generative import gan, pixelcnn, vae
 from cvtool.generative.checkpoint import BUILDERS, describe
 from cvtool.generative.images import write_grid
-from cvtool.status import ExitStatus
+from cvtool.models.checkpoint import build_architecture
 from cvtool.train.config import GenerateConfig
-from cvtool.train.data import DIGITS, digits_split, read_image_folder
 from cvtool.train.loop import EpochTrainer, IterationSettings, optimizer_step, require_finite
 from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
@@ -59,8 +57,8 @@ class Images(torch.utils.data.Dataset):
 
 
 def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Path,
-                   resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
-    """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
+                   resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
+    """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
     config, target = start_run(env, run_dir, resume, force, config, GenerateConfig, device, threads)
     train, val, description = load_images(config)
     seed_everything(config.seed)

@@ -10,8 +10,8 @@ import statistics
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from cvtool.status import UsageError
-from cvtool.train.data import ClassificationData
+from cvtool.core.status import UsageError
+from cvtool.data.classification import ClassificationData
 
 if TYPE_CHECKING:
     from torch import Tensor

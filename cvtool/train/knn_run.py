@@ -5,15 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cvtool.checkpoint import save_checkpoint
-from cvtool.context import Environment
+from cvtool.core.context import Environment
+from cvtool.data.classification import ClassificationData
+from cvtool.io.writers import write_json
+from cvtool.models.checkpoint import save_checkpoint
 from cvtool.train.config import ClassifyConfig
-from cvtool.train.data import ClassificationData
 from cvtool.train.knn import fit_knn
 from cvtool.train.loop import Evaluation
 from cvtool.train.report import write_summary
 from cvtool.train.state import CONFIG, write_metrics_lines
-from cvtool.writers import write_json
 
 
 def train_knn(env: Environment, config: ClassifyConfig, data: ClassificationData,

@@ -12,13 +12,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
-from torch.utils.data import DataLoader, Dataset  # noqa: TID253
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
-from cvtool.device import autocast
-from cvtool.status import UsageError
+from cvtool.core.device import autocast
+from cvtool.core.status import UsageError
 from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty, warmup_factor
 from cvtool.train.state import TrainingState
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
-from torch.nn import functional as F  # noqa: TID253
+import torch
+from torch import nn
+from torch.nn import functional as F
 
 LOSSES = ("ce", "svm")
 REGULARISERS = ("none", "l1", "l2")

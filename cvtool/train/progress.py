@@ -6,7 +6,7 @@ import math
 from types import TracebackType
 from typing import Any
 
-from cvtool.context import Environment
+from cvtool.core.context import Environment
 
 
 class EpochProgress:

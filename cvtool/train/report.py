@@ -6,10 +6,10 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.writers import write_bytes, write_json
+from cvtool.io.writers import write_bytes, write_json
 
 if TYPE_CHECKING:
-    from cvtool.train.data import ClassificationData
+    from cvtool.data.classification import ClassificationData
     from cvtool.train.loop import Evaluation
 
 CURVES = "curves.png"

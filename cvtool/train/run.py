@@ -7,48 +7,38 @@ confusion_matrix.png. The summary (metrics.json) also goes to stdout as one JSON
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
+import torch
 
-from cvtool.checkpoint import (
+from cvtool.core.context import Environment
+from cvtool.core.device import seed_everything
+from cvtool.core.results import one_line
+from cvtool.core.status import UsageError
+from cvtool.data.classification import ClassificationData, load_classification_data
+from cvtool.models.checkpoint import (
     build_architecture,
     load_checkpoint,
-    save_checkpoint,
     with_metadata,
 )
-from cvtool.context import Environment
-from cvtool.device import seed_everything
 from cvtool.models.small import fold_batch_norm
-from cvtool.results import one_line
-from cvtool.runner import versions
-from cvtool.status import ExitStatus, UsageError
 from cvtool.train import sanity
 from cvtool.train.architectures import build_classifier, pretrained_preprocessing
 from cvtool.train.config import ClassifyConfig
-from cvtool.train.data import ClassificationData, load_classification_data
 from cvtool.train.loop import Trainer, loop_settings
-from cvtool.train.progress import EpochProgress
 from cvtool.train.report import write_curves, write_summary
-from cvtool.train.session import start_run
+from cvtool.train.session import start_run, train_epochs
 from cvtool.train.state import (
-    CONFIG,
     TrainingState,
-    resumed_state,
-    save_state,
-    write_metrics_lines,
 )
-from cvtool.writers import strict_json, write_json
 
 SANITY_EXAMPLES = 128
 
 
 def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Path,
-                   resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
-    """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
+                   resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
+    """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
     config, target = start_run(env, run_dir, resume, force, config, ClassifyConfig, device,
                                threads)
     data = load_classification_data(config.data, val_split=config.val_split, seed=config.seed,
@@ -60,9 +50,7 @@ def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Pat
         summary = train_knn(env, config, data, run_dir, _meta(config, data, {}))
     else:
         summary = _train_network(env, config, data, run_dir, target, (resume, force))
-    env.stdout.write(strict_json(summary) + "\n")
-    env.stdout.flush()
-    return ExitStatus.SUCCESS
+    return summary
 
 
 def _train_network(env: Environment, config: ClassifyConfig, data: ClassificationData,
@@ -74,28 +62,18 @@ def _train_network(env: Environment, config: ClassifyConfig, data: Classificatio
     meta = _meta(config, data, architecture)
     trainer = Trainer(module, loop_settings({**config.to_dict(), "lr": config.resolved_lr}),
                       device, data.train, data.val)
-    state = resumed_state(env, run_dir, trainer.model, trainer.optimizer, *resume)
-    if state.epoch:
-        env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
-    else:  # a new run, or one killed before its first epoch was committed
-        write_json(run_dir / CONFIG, {**meta["training"], "architecture": architecture,
-                                      "command": sys.argv, "versions": versions()})
+
+    def sanity_checks(state: TrainingState) -> None:
         try:  # the first forward pass: where an input too small for the net shows
             state.extra["sanity"] = _sanity_report(env, trainer, config, data)
         except RuntimeError as error:
             raise UsageError(f"--model {config.model} cannot run on {data.input_shape[1]}x"
                              f"{data.input_shape[2]} images: {one_line(error)}; try a larger "
                              "--image-size") from None
-        write_metrics_lines(run_dir, [])
 
-    def epoch_done(state: TrainingState, improved: bool) -> None:
-        _save_epoch(run_dir, trainer, state, meta, improved)
-        row = state.history[-1]
-        env.log(f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}, "
-                f"val loss {row['val_loss']:.4f}, val accuracy {row['val_accuracy']:.4f}")
-
-    with EpochProgress(env, config.epochs, state.epoch, len(data.train), config.batch_size) as bar:
-        state = trainer.fit(state, epoch_done, bar.advance)
+    state = train_epochs(env, run_dir, trainer, config, meta, resume,
+                         ["val_loss", "val_accuracy"], on_new_run=sanity_checks,
+                         best=lambda epoch_meta: _best_weights(trainer, epoch_meta))
     return _finish(run_dir, trainer, state, data)
 
 
@@ -138,23 +116,14 @@ def _sanity_warnings(report: dict[str, Any]) -> list[str]:
     return warnings + report["layer_statistics"]["flags"]
 
 
-def _save_epoch(run_dir: Path, trainer: Trainer, state: TrainingState, meta: dict[str, Any],
-                improved: bool) -> None:
-    """last and best checkpoints first, then the state that commits the epoch."""
-    epoch_meta = {**meta, "training": {**meta["training"], "epoch": state.epoch,
-                                       "metrics": state.history[-1]}}
-    save_checkpoint(run_dir / "last.safetensors", trainer.model.state_dict(), epoch_meta)
-    if improved:
-        weights, architecture = trainer.model.state_dict(), meta["architecture"]
-        # Folding is done only where the builder rebuilds the folded graph: cvtool's own MLP
-        # and CNN with batch_norm=False. torchvision's nets keep their batch norms.
-        if architecture["kwargs"].get("batch_norm"):
-            weights = fold_batch_norm(trainer.model).state_dict()
-            architecture = {**architecture,
-                            "kwargs": {**architecture["kwargs"], "batch_norm": False}}
-        save_checkpoint(run_dir / "best.safetensors", weights,
-                        {**epoch_meta, "architecture": architecture})
-    save_state(run_dir, state, trainer.model, trainer.optimizer)
+def _best_weights(trainer: Trainer, meta: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """What best.* holds. Folding is done only where the builder rebuilds the folded graph:
+    cvtool's own MLP and CNN with batch_norm=False. torchvision's nets keep their batch norms."""
+    architecture = meta["architecture"]
+    if not architecture["kwargs"].get("batch_norm"):
+        return trainer.model.state_dict(), meta
+    folded = {**architecture, "kwargs": {**architecture["kwargs"], "batch_norm": False}}
+    return fold_batch_norm(trainer.model).state_dict(), {**meta, "architecture": folded}
 
 
 def _finish(run_dir: Path, trainer: Trainer, state: TrainingState,

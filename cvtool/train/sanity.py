@@ -11,10 +11,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
-from torch.utils.data import Dataset  # noqa: TID253
+import torch
+from torch import nn
+from torch.utils.data import Dataset
 
 from cvtool.train.loop import LoopSettings
 from cvtool.train.optim import data_loss, expected_initial_loss, make_optimizer, penalty

@@ -15,25 +15,24 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
-from torch.nn import functional as F  # noqa: TID253
+import torch
+from torch import nn
+from torch.nn import functional as F
 
-from cvtool.checkpoint import build_architecture
-from cvtool.confusion import ConfusionMatrix
-from cvtool.context import Environment
-from cvtool.device import autocast, seed_everything
-from cvtool.registry import get_spec, resolve_reference
-from cvtool.status import ExitStatus, UsageError
-from cvtool.train.config import SemanticConfig
-from cvtool.train.loop import EpochTrainer, IterationSettings, batches, data_loader
-from cvtool.train.semantic_data import (
+from cvtool.core.confusion import ConfusionMatrix
+from cvtool.core.context import Environment
+from cvtool.core.device import autocast, seed_everything
+from cvtool.core.status import UsageError
+from cvtool.data.semantic import (
     IGNORE_INDEX,
     SemanticData,
     SemanticDataset,
     load_semantic_data,
 )
+from cvtool.models.checkpoint import build_architecture
+from cvtool.models.registry import get_spec, resolve_reference
+from cvtool.train.config import SemanticConfig
+from cvtool.train.loop import EpochTrainer, IterationSettings, batches, data_loader
 from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -43,8 +42,8 @@ PANELS = (("loss", ("train_loss",)), ("val", ("miou", "pixel_accuracy")))
 
 
 def train_semantic(env: Environment, config: SemanticConfig | None, run_dir: Path,
-                   resume: bool, force: bool, device: str, threads: int | None) -> ExitStatus:
-    """Train (or, with `resume`, continue) the run in `run_dir`; print its summary."""
+                   resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
+    """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
     config, target = start_run(env, run_dir, resume, force, config, SemanticConfig, device, threads)
     data = load_semantic_data(config.data, config.image_size, env.warn)
     seed_everything(config.seed)

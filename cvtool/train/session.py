@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from cvtool.checkpoint import save_checkpoint
-from cvtool.context import Environment
-from cvtool.files import read_regular_text
-from cvtool.results import one_line
-from cvtool.runner import versions
-from cvtool.status import ExitStatus, UsageError
+from cvtool.core.context import Environment
+from cvtool.core.files import read_regular_text
+from cvtool.core.results import one_line
+from cvtool.core.status import UsageError
+from cvtool.core.versions import versions
+from cvtool.io.writers import write_json
+from cvtool.models.checkpoint import save_checkpoint
 from cvtool.train.loop import EpochTrainer
 from cvtool.train.progress import EpochProgress
 from cvtool.train.report import write_curves
@@ -30,7 +32,6 @@ from cvtool.train.state import (
     save_state,
     write_metrics_lines,
 )
-from cvtool.writers import strict_json, write_json
 
 
 class Config(Protocol):
@@ -45,7 +46,7 @@ def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config
     """(config, torch device) of a new or resumed run in `run_dir`: the device must exist, the
     directory be new or empty (or --force), and a resumed run's config comes from its own
     config.json, whatever the command line said."""
-    from cvtool.device import precision_warning, resolve_device, set_threads
+    from cvtool.core.device import precision_warning, resolve_device, set_threads
 
     target = resolve_device(device)
     set_threads(threads)
@@ -81,16 +82,23 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
 
 def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config: Config,
                  meta: dict[str, Any], resume: tuple[bool, bool], logged: list[str],
-                 introduction: str = "") -> TrainingState:
+                 introduction: str = "",
+                 on_new_run: Callable[[TrainingState], None] | None = None,
+                 best: Callable[[dict[str, Any]], tuple[Any, dict[str, Any]]] | None = None,
+                 ) -> TrainingState:
     """Run (or continue) the epochs, committing each: last (and best) checkpoints, then the
     state. `resume` is (--resume, --force); `meta` the checkpoint meta every epoch shares;
-    `logged` the figures of the per-epoch log line."""
+    `logged` the figures of the per-epoch log line. `on_new_run(state)` runs once a new run's
+    config.json is written (classify's sanity checks); `best(meta)` gives the weights and meta
+    the best checkpoint holds when they differ from the model's (batch norm folded)."""
     state = resumed_state(env, run_dir, trainer.model, trainer.optimizer, *resume)
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     else:  # a new run, or one killed before its first epoch was committed
         write_json(run_dir / CONFIG, {**meta["training"], "architecture": meta["architecture"],
                                       "command": sys.argv, "versions": versions()})
+        if on_new_run is not None:
+            on_new_run(state)
         write_metrics_lines(run_dir, [])
         if introduction:
             env.log(introduction)
@@ -99,12 +107,13 @@ def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config:
         row = state.history[-1]
         epoch_meta = {**meta, "training": {**meta["training"], "epoch": state.epoch,
                                            "metrics": row}}
-        weights = trainer.model.state_dict()
-        save_checkpoint(run_dir / "last.safetensors", weights, epoch_meta)
+        save_checkpoint(run_dir / "last.safetensors", trainer.model.state_dict(), epoch_meta)
         if improved:
-            save_checkpoint(run_dir / "best.safetensors", weights, epoch_meta)
+            weights, best_meta = (best(epoch_meta) if best is not None
+                                  else (trainer.model.state_dict(), epoch_meta))
+            save_checkpoint(run_dir / "best.safetensors", weights, best_meta)
         save_state(run_dir, state, trainer.model, trainer.optimizer)
-        figures = ", ".join(f"{key} {row[key]:.4f}" for key in logged)
+        figures = ", ".join(f"{key.replace('_', ' ')} {row[key]:.4f}" for key in logged)
         env.log(f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}, "
                 f"{figures}")
 
@@ -115,9 +124,9 @@ def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config:
 
 def finish_run(env: Environment, run_dir: Path, state: TrainingState,
                panels: tuple[tuple[str, tuple[str, ...]], ...], figures: list[str],
-               details: dict[str, Any]) -> ExitStatus:
-    """curves.png, and the summary (the best epoch's `figures` plus `details`) as metrics.json
-    and one JSON line on stdout."""
+               details: dict[str, Any]) -> dict[str, Any]:
+    """curves.png, and the summary (the best epoch's `figures` plus `details`) as metrics.json;
+    returns the summary."""
     write_curves(run_dir, state.history, panels)
     best = next(row for row in state.history if row["epoch"] == state.best_epoch)
     summary = {"run_dir": str(run_dir), **{key: best[key] for key in figures},
@@ -125,9 +134,7 @@ def finish_run(env: Environment, run_dir: Path, state: TrainingState,
                "final_train_loss": state.history[-1]["train_loss"],
                "train_seconds": round(sum(row["seconds"] for row in state.history), 3)}
     write_json(run_dir / "metrics.json", summary)
-    env.stdout.write(strict_json(summary) + "\n")
-    env.stdout.flush()
-    return ExitStatus.SUCCESS
+    return summary
 
 
 def parameters(module: Any) -> int:

@@ -9,19 +9,18 @@ safetensors, the rest to JSON.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Imported only once a training command runs, never by the CLI's start-up.
-import torch  # noqa: TID253
-from torch import nn  # noqa: TID253
+import torch
+from torch import nn
 
-from cvtool.checkpoint import load_checkpoint, save_checkpoint, with_metadata
-from cvtool.ownership import require_empty
-from cvtool.status import UsageError
-from cvtool.writers import atomic_open, strict_json
+from cvtool.core.context import Warn
+from cvtool.core.ownership import require_empty
+from cvtool.core.status import UsageError
+from cvtool.io.writers import atomic_open, strict_json
+from cvtool.models.checkpoint import load_checkpoint, save_checkpoint, with_metadata
 
 STATE_DIR = "state"
 CONFIG = "config.json"
@@ -79,7 +78,7 @@ def save_state(run_dir: Path, state: TrainingState, model: nn.Module,
 
 
 def load_state(run_dir: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
-               warn: Callable[[str], None]) -> TrainingState:
+               warn: Warn) -> TrainingState:
     """Restore the newest complete committed epoch into `model` and `optimizer`, RNGs
     included. A state whose tensors are missing or whose fields do not check out is passed
     over with a warning for the next older one; nothing is applied until a state has passed."""

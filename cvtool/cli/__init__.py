@@ -1,0 +1,1 @@
+"""The command line: Typer declarations and the command bodies behind them."""

@@ -1,0 +1,352 @@
+"""The `cvtool` command line: thin commands that parse, call a task, and hand records to a writer.
+
+Nothing here imports torch at module level: `cvtool --help` must answer in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+import traceback
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # recent typer releases vendor click; older ones raise click's own exceptions
+    from typer import TyperException as ClickUsageProblem
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click import ClickException as ClickUsageProblem
+
+from cvtool.cli.bench import benchmark_device
+from cvtool.cli.data import data_app
+from cvtool.cli.options import (
+    Debug,
+    Device,
+    InferenceOptions,
+    Quiet,
+    Threads,
+    inference_command,
+)
+from cvtool.cli.train import train_app
+from cvtool.core.context import Environment, StdoutClosed, activated, current, finish
+from cvtool.core.options import (
+    DEFAULT_CLASSIFIER,
+    DEFAULT_DETECTORS,
+    DEFAULT_SEMANTIC,
+    ClassifyOptions,
+    DetectOptions,
+    GenerateOptions,
+    SegmentOptions,
+)
+from cvtool.core.results import one_line
+from cvtool.core.status import CvtoolError, ExitStatus
+
+# A full disk or quota is the resource-unavailable status, not a bug.
+RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
+                  rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="Computer vision from the command line, on PyTorch.")
+
+Sources = Annotated[Optional[list[str]], typer.Argument(
+    help="Image files, directories (recursive), quoted globs, or - to read paths from stdin.",
+    show_default=False)]
+Models = Annotated[Optional[list[str]], typer.Option(
+    "--model", "-m", help="Registry name, or a cvtool checkpoint file / run directory. "
+                          "Give it more than once for an ensemble.  "
+                          f"[default: {DEFAULT_CLASSIFIER}]", show_default=False)]
+Weights = Annotated[Optional[list[str]], typer.Option(
+    help="default | none (random init) | PATH to a state dict; once, or once per --model.",
+    show_default=False)]
+# Format, when a command has no shared inference options (models, benchmark-device has its own).
+Format = Annotated[Optional[str], typer.Option(
+    "--format", help="table | jsonl | csv  [default: table on a terminal, else jsonl]",
+    show_default=False)]
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cvtool import __version__
+
+        print(f"cvtool {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", help="Print the version.", is_eager=True, callback=_print_version)] = False,
+          ) -> None:
+    """Computer vision from the command line."""
+
+
+@app.command()
+@inference_command(ClassifyOptions)
+def classify(
+    sources: Sources = None,
+    model: Models = None,
+    weights: Weights = None,
+    topk: Annotated[int, typer.Option(help="How many classes per image.")] = 5,
+    tta: Annotated[bool, typer.Option(
+        help="Average over ten crops (corners, centre, flips).")] = False,
+    *,
+    common: InferenceOptions,
+) -> None:
+    """Classify images: top-k labels with softmax probabilities."""
+    from cvtool.cli.commands import classify as run
+
+    env = current(common.quiet, common.debug)
+    finish(run, env, sources or [], common, ClassifyOptions(
+        **common.predictor(), model=model or DEFAULT_CLASSIFIER, weights=weights or "default",
+        topk=topk, tta=tta))
+
+
+# Detectors run one model (no ensembles), so --model and --weights take one value here.
+OneModel = Annotated[Optional[str], typer.Option(
+    "--model", "-m", help="Registry name, or a cvtool checkpoint file / run directory  [default: "
+                          f"{DEFAULT_DETECTORS['detect']} for detect, "
+                          f"{DEFAULT_DETECTORS['segment-instance']} for segment-instance]",
+    show_default=False)]
+OneWeights = Annotated[str, typer.Option(
+    help="default | none (random init) | PATH to a state dict.")]
+
+
+@inference_command(DetectOptions)
+def detect(
+    ctx: typer.Context,
+    sources: Sources = None,
+    model: OneModel = None,
+    weights: OneWeights = "default",
+    conf: Annotated[float, typer.Option(help="Keep detections scoring at least this.")] = 0.5,
+    classes: Annotated[Optional[list[str]], typer.Option(
+        help="Keep only these classes: labels or ids, comma-separated or repeated.",
+        show_default=False)] = None,
+    gt: Annotated[Optional[Path], typer.Option(
+        help="COCO annotations: --format coco image_ids are matched to it by file name.",
+        show_default=False)] = None,
+    eval: Annotated[bool, typer.Option(
+        "--eval", help="Print pycocotools' COCO metrics against --gt on stderr.")] = False,
+    save_crops: Annotated[bool, typer.Option(
+        help="Also write each detection's crop under --output.")] = False,
+    *,
+    common: InferenceOptions,
+) -> None:
+    from cvtool.cli.commands import detect as run
+
+    env = current(common.quiet, common.debug)
+    task = ctx.info_name  # one function serves both commands; the name picks the task
+    finish(run, env, sources or [], common, DetectOptions(
+        **common.predictor(), task=task, model=model, weights=weights, conf=conf,
+        classes=classes or [], save_crops=save_crops), gt=gt, evaluate=eval)
+
+
+app.command("detect", help="Detect objects: boxes, labels and scores.")(detect)
+app.command("segment-instance", help="Segment object instances: detections with COCO RLE masks."
+            )(detect)
+
+
+@app.command("segment-semantic")
+@inference_command(SegmentOptions)
+def segment_semantic(
+    sources: Sources = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Registry name (smp:ARCH takes --encoder), or a cvtool checkpoint "
+                              f"file / run directory  [default: {DEFAULT_SEMANTIC}]",
+        show_default=False)] = None,
+    encoder: Annotated[Optional[str], typer.Option(
+        help="Encoder of an smp:ARCH model: resnet34 (default), resnet18, mobilenet_v2, "
+             "efficientnet-b0, mit_b0, tu-<timm model>, ...", show_default=False)] = None,
+    weights: OneWeights = "default",
+    gt_masks: Annotated[Optional[Path], typer.Option(
+        help="Folder of ground-truth mask PNGs (pixel = class index), found for each input by "
+             "its path without extension.", show_default=False)] = None,
+    eval: Annotated[bool, typer.Option(
+        "--eval", help="Print mIoU, per-class IoU and pixel accuracy against --gt-masks on "
+                       "stderr (and into run.json).")] = False,
+    ignore_index: Annotated[int, typer.Option(
+        min=0, help="Ground-truth value left out of --eval.")] = 255,
+    *,
+    common: InferenceOptions,
+) -> None:
+    """Segment images: a class for every pixel; mask PNGs and overlays under --output."""
+    from cvtool.cli.commands import segment_semantic as run
+
+    env = current(common.quiet, common.debug)
+    finish(run, env, sources or [], common, SegmentOptions(
+        **common.predictor(), model=model or DEFAULT_SEMANTIC, weights=weights, encoder=encoder,
+        gt_masks=gt_masks, ignore_index=ignore_index), evaluate=eval)
+
+
+@app.command()
+def models(
+    args: Annotated[Optional[list[str]], typer.Argument(
+        help="[TASK] to list, or: pull NAME", show_default=False,
+        metavar="[TASK | pull NAME]")] = None,
+    encoder: Annotated[Optional[str], typer.Option(
+        help="With pull smp:ARCH: the encoder whose ImageNet weights to fetch  "
+             "[default: resnet34]", show_default=False)] = None,
+    format: Format = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """List the registry (`cvtool models [TASK]`) or fetch weights (`cvtool models pull NAME`)."""
+    from cvtool.cli.commands import models as run
+
+    env = current(quiet, debug)
+    finish(run, env, args or [], fmt=format, encoder=encoder)
+
+
+@app.command()
+def generate(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", help="Generative house model name, or a cvtool checkpoint file / run "
+                              "directory (PixelCNN, VAE or GAN).", show_default=False)] = None,
+    num: Annotated[int, typer.Option(
+        "--num", "-n", help="Images to sample (with --interpolate: paths).")] = 16,
+    seed: Annotated[int, typer.Option(help="Seed of every draw: same seed and device, "
+                                           "same bytes.")] = 0,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="Directory for the PNGs and run.json (new or empty, unless "
+                               "--force).", show_default=False)] = None,
+    grid: Annotated[Optional[Path], typer.Option(
+        help="Also write the images as one grid PNG here.", show_default=False)] = None,
+    temperature: Annotated[Optional[float], typer.Option(
+        help="PixelCNN: divide the logits by T (below 1: safer, above: more varied)  "
+             "[default: 1]", show_default=False)] = None,
+    interpolate: Annotated[bool, typer.Option(
+        "--interpolate", help="VAE and GAN: --steps images along the line between two latent "
+                              "draws, per path.")] = False,
+    steps: Annotated[Optional[int], typer.Option(
+        help="Images per interpolation path, both ends included  [default: 8]",
+        show_default=False)] = None,
+    device: Device = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b")] = 64,
+    threads: Threads = None,
+    force: Annotated[bool, typer.Option(help="Write into a non-empty --output.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Sample images from a PixelCNN, VAE or GAN: PNGs, a grid, a JSON summary on stdout."""
+    from cvtool.cli.commands import generate as run
+
+    env = current(quiet, debug)
+    options = GenerateOptions(model=model, num=num, seed=seed, output=output, grid=grid,
+                              temperature=temperature, interpolate=interpolate,
+                              steps=steps or 8, batch_size=batch_size, device=device,
+                              threads=threads)
+    finish(run, env, options, steps_given=steps is not None, force=force)
+
+
+app.command("benchmark-device")(benchmark_device)
+app.add_typer(train_app, name="train")
+app.add_typer(data_app, name="data")
+
+
+def main(argv: list[str] | None = None) -> None:
+    status = run_cli(argv)
+    if status in (ExitStatus.INTERRUPTED, ExitStatus.BROKEN_PIPE):
+        # Reader and decoding threads may still be blocked (stdin, a pipe); finalising the
+        # interpreter around them can abort the process. Every record is already flushed.
+        _flush_quietly()
+        os._exit(status)
+    sys.exit(status)
+
+
+def _flush_quietly() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> int:
+    """Run the app and map every outcome onto an exit status; tracebacks only with --debug."""
+    env = env or Environment(debug=os.environ.get("CVTOOL_DEBUG", "") not in ("", "0"))
+    argv = sys.argv[1:] if argv is None else argv
+    env.debug = env.debug or "--debug" in argv
+    command = typer.main.get_command(app)
+    try:
+        with activated(env), _warnings_as_lines(env):
+            result = command.main(argv, prog_name="cvtool", standalone_mode=False)
+        return int(result or 0)
+    except typer.Exit as done:
+        return done.exit_code
+    except ClickUsageProblem as exc:  # click's usage errors: bad option, missing value
+        exc.show(file=env.stderr)
+        return ExitStatus.USAGE
+    except (typer.Abort, KeyboardInterrupt):
+        _report(env, "interrupted")
+        return ExitStatus.INTERRUPTED
+    except (StdoutClosed, BrokenPipeError):
+        _silence_stdout()
+        return ExitStatus.BROKEN_PIPE
+    except CvtoolError as exc:
+        _report(env, f"error: {exc.message}")
+        return exc.status
+    except OSError as exc:
+        if exc.errno not in RESOURCE_ERRNOS:
+            return _internal_error(env, exc)
+        if exc.filename is None and env.stdout is sys.stdout:
+            _silence_stdout()  # what stdout still buffers cannot be written either
+        where = exc.filename or "standard output"
+        _report(env, f"error: {os.strerror(exc.errno).lower()} writing {where}; no file was left "
+                     "half-written (training continues with --resume once there is room)")
+        return ExitStatus.UNAVAILABLE
+    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --debug
+        return _internal_error(env, exc)
+
+
+def _internal_error(env: Environment, exc: BaseException) -> int:
+    if env.debug:
+        traceback.print_exc(file=env.stderr)
+    _report(env, f"error: internal error: {type(exc).__name__}: {one_line(exc)} "
+                 "(run with --debug for the traceback)")
+    return ExitStatus.INTERNAL
+
+
+@contextmanager
+def _warnings_as_lines(env: Environment) -> Iterator[None]:
+    """Python warnings (Pillow's, torch's) as cvtool's own one-line warnings, without the
+    library's file and line; each distinct one once per run."""
+    seen: set[str] = set()
+
+    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
+        text = one_line(message if isinstance(message, Warning) else Warning(message))
+        if text not in seen:
+            seen.add(text)
+            env.warn(text)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        # Libraries' deprecation notes (pycocotools under numpy 2, ...) are for their callers'
+        # developers, not for the person running cvtool; cvtool's own still show.
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("default", category=DeprecationWarning, module=r"cvtool\b")
+        # cvtool checks every image against its own --max-pixels before decoding it.
+        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
+        warnings.showwarning = show
+        yield
+
+
+def _report(env: Environment, message: str) -> None:
+    if env.debug and sys.exc_info()[0] is not None:
+        traceback.print_exc(file=env.stderr)
+    try:
+        print(message, file=env.stderr, flush=True)
+    except (BrokenPipeError, ValueError):
+        pass
+
+
+def _silence_stdout() -> None:
+    # Python flushes stdout at exit; a closed pipe would then print a second error.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+

@@ -1,0 +1,231 @@
+"""Command bodies behind the CLI: validate options, build a task, stream its records.
+
+Kept apart from `cli.py` so the Typer layer stays a thin declaration of options.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cvtool.cli.options import InferenceOptions
+from cvtool.core.context import Environment
+from cvtool.core.options import ClassifyOptions, DetectOptions, GenerateOptions, SegmentOptions
+from cvtool.core.status import ExitStatus, UsageError
+from cvtool.core.tasks import TASKS
+
+RECORD_FORMATS = ("table", "jsonl", "csv")
+DETECTION_FORMATS = (*RECORD_FORMATS, "coco")
+
+
+def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) -> str:
+    """`table` for people at a terminal, `jsonl` for pipes and files, unless asked otherwise."""
+    if fmt is None:
+        return "table" if env.stdout_isatty else "jsonl"
+    if fmt not in allowed:
+        raise UsageError(f"invalid --format {fmt!r} here; expected one of {', '.join(allowed)}")
+    return fmt
+
+
+def classify(env: Environment, sources: list[str], common: InferenceOptions,
+             options: ClassifyOptions) -> int:
+    fmt = resolve_format(env, common.format, RECORD_FORMATS)
+    check_inputs(sources, options.max_pixels)
+    from cvtool.inference.predictors import Classifier
+    from cvtool.io.writers import make_writer
+
+    writer = make_writer(fmt, env.stdout, Classifier.task, env.no_color)
+    return _stream(env, sources, common, Classifier(options, warn=env.warn, offline=env.offline),
+                   writer, {"batch_size": options.batch_size, "topk": options.topk,
+                            "tta": options.tta})
+
+
+def _stream(env: Environment, sources: list[str], common: InferenceOptions, predictor: Any,
+            writer: Any, settings: dict[str, Any],
+            metrics: Callable[[], dict[str, Any]] | None = None) -> int:
+    """Every inference command's run: records streamed to `writer`, the summary line, and
+    run.json under --output (with `metrics()`, when given, in it)."""
+    from cvtool.inference.runner import Tally, run_info, stream_records, write_run_json
+
+    with predictor:
+        tally = Tally()
+        stream_records(env, predictor.run(read_sources(env, sources, common.null)), writer,
+                       tally)
+        settings = {**predictor.settings, **settings}
+        if metrics is not None:
+            settings["metrics"] = metrics()
+        if predictor.options.output_dir is not None:
+            write_run_json(predictor.options.output_dir,
+                           run_info(predictor.task, predictor.models_info(), settings, tally))
+    _summarise(env, tally)
+    return tally.status()
+
+
+def check_inputs(sources: list[str], max_pixels: int | None) -> None:
+    from cvtool.io.decode import check_max_pixels
+
+    check_max_pixels(max_pixels)
+    if not sources:
+        raise UsageError("no inputs: give image files, directories, quoted globs, or - for stdin")
+
+
+def read_sources(env: Environment, sources: list[str], null: bool) -> Any:
+    from cvtool.io.sources import iter_sources
+
+    return iter_sources(sources, env.stdin if "-" in sources else None, null)
+
+
+def _summarise(env: Environment, tally: Any) -> None:
+    counts = tally.to_dict()
+    env.log(f"{counts['inputs']} inputs, {counts['failed']} failed, {counts['seconds']:.2f} s "
+            f"({counts['inputs_per_second'] or 0:.1f}/s)")
+
+
+def models(env: Environment, args: list[str], fmt: str | None,
+           encoder: str | None = None) -> int:
+    from cvtool.models import registry
+
+    if args[:1] == ["pull"]:
+        if len(args) != 2:
+            raise UsageError("usage: cvtool models pull NAME [--encoder ENCODER]")
+        return _pull(env, registry.get_spec(args[1]), encoder)
+    if encoder is not None:
+        raise UsageError("--encoder goes with `cvtool models pull smp:<arch>`")
+    if len(args) > 1:
+        raise UsageError("usage: cvtool models [TASK] | cvtool models pull NAME")
+    task = args[0] if args else None
+    if task is not None and task not in TASKS:
+        raise UsageError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    from cvtool.models.weights import describe
+
+    rows = [describe(spec) for spec in registry.list_models(task)]
+    _write_rows(env, rows, resolve_format(env, fmt, RECORD_FORMATS))
+    return ExitStatus.SUCCESS
+
+
+def _pull(env: Environment, spec: Any, encoder: str | None) -> int:
+    from cvtool.models import pull
+
+    if encoder is not None and spec.source != "smp":
+        raise UsageError(f"--encoder applies to smp:<arch> models only, not to {spec.name}")
+    path = pull(spec, offline=env.offline, encoder=encoder)
+    env.log(f"{spec.name}: weights cached at {path}")
+    print(path, file=env.stdout, flush=True)
+    return ExitStatus.SUCCESS
+
+
+def _write_rows(env: Environment, rows: list[dict[str, Any]], fmt: str) -> None:
+    from cvtool.io.writers import write_rows
+
+    write_rows(env.stdout, rows, fmt, env.no_color)
+
+
+def detect(env: Environment, sources: list[str], common: InferenceOptions,
+           options: DetectOptions, *, gt: Path | None, evaluate: bool) -> int:
+    """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
+    fmt = resolve_format(env, common.format, DETECTION_FORMATS)
+    check_inputs(sources, options.max_pixels)
+    if evaluate and gt is None:
+        raise UsageError("--eval needs --gt annotations.json to compare against")
+    if options.save_crops and options.output is None:
+        raise UsageError("--save-crops needs --output DIR to write the crops to")
+    from cvtool.inference.predictors import Detector, InstanceSegmenter
+    from cvtool.io import coco
+    from cvtool.io.writers import TeeWriter, make_writer
+    from cvtool.models.detection import MASK_THRESHOLD
+
+    ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
+    kind = InstanceSegmenter if options.task == "segment-instance" else Detector
+    predictor = kind(options, warn=env.warn, offline=env.offline)
+    collector = coco.ResultCollector(ground_truth, env.warn)
+    writer = make_writer(fmt, env.stdout, options.task, env.no_color, collector)
+    writer = writer if fmt == "coco" or not evaluate else TeeWriter(writer, collector)
+    settings = {"batch_size": options.batch_size, "conf": options.conf,
+                "classes": options.classes, "gt": gt and str(gt), "mask_threshold": MASK_THRESHOLD}
+    return _stream(env, sources, common, predictor, writer, settings,
+                   (lambda: _evaluate(env, options.task, ground_truth, collector)) if evaluate
+                   else None)
+
+
+def _evaluate(env: Environment, task_name: str, ground_truth: dict[str, Any],
+              collector: Any) -> dict[str, dict[str, float]]:
+    from cvtool.io import coco
+
+    if missing := len(ground_truth["images"]) - len(set(collector.image_ids)):
+        env.warn(f"{missing} --gt images were not among the inputs (or failed); "
+                 "metrics cover the images that were")
+    iou_types: tuple[str, ...] = ("bbox",)
+    if task_name == "segment-instance":
+        if coco.has_segmentations(ground_truth):
+            iou_types = ("bbox", "segm")
+        else:
+            env.warn("--gt annotations lack \"segmentation\": mask metrics are left out")
+    return coco.evaluate(ground_truth, collector.results, collector.image_ids, iou_types,
+                         env.stderr)
+
+
+def generate(env: Environment, options: GenerateOptions, *, steps_given: bool,
+             force: bool) -> int:
+    """Samples (or interpolations) as PNGs, a grid, run.json, and one JSON summary on stdout."""
+    from cvtool.inference import generate as task
+
+    task.check_options(options)
+    check_generate_outputs(options, steps_given)
+    from cvtool.core.device import prepare_device
+    from cvtool.core.ownership import require_empty
+    from cvtool.inference.runner import Tally, run_info, write_run_json
+    from cvtool.io.writers import strict_json
+
+    output = None if options.output is None else Path(options.output)
+    if output is not None:
+        env.own_directory(output, "--output")
+        if not force:
+            require_empty(output, "--output", "use --force to write into it anyway")
+    loaded = task.load(options)
+    target, settings = prepare_device(options.device, "fp32", options.threads, options.seed,
+                                      env.warn)
+    tally = Tally()
+    images = task.generate(env, loaded, options, target)
+    task.write_images(images, options)
+    tally.total = len(images)
+    settings.update(task.settings(options))
+    if output is not None:
+        write_run_json(output, run_info(task.TASK, [task.model_info(loaded)], settings, tally))
+    summary = task.summary(loaded, options, len(images), settings["device"], tally.seconds)
+    print(strict_json(summary), file=env.stdout, flush=True)
+    return ExitStatus.SUCCESS
+
+
+def check_generate_outputs(options: GenerateOptions, steps_given: bool) -> None:
+    """The command line's own checks: something to write, and --steps only with --interpolate."""
+    grid = None if options.grid is None else Path(options.grid)
+    problems = [(steps_given and not options.interpolate, "--steps needs --interpolate"),
+                (options.output is None and grid is None,
+                 "nothing to write: give --output DIR and/or --grid FILE"),
+                (grid is not None and grid.suffix.lower() != ".png",
+                 f"--grid {grid} must end in .png"),
+                (grid is not None and grid.is_dir(), f"--grid {grid} is a directory")]
+    for failed, message in problems:
+        if failed:
+            raise UsageError(message)
+
+
+def segment_semantic(env: Environment, sources: list[str], common: InferenceOptions,
+                     options: SegmentOptions, *, evaluate: bool) -> int:
+    """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
+    fmt = resolve_format(env, common.format, RECORD_FORMATS)
+    check_inputs(sources, options.max_pixels)
+    if evaluate and options.gt_masks is None:
+        raise UsageError("--eval needs --gt-masks DIR to compare against")
+    if options.gt_masks is not None and not evaluate:
+        raise UsageError("--gt-masks is only read by --eval; add --eval")
+    from cvtool.inference.predictors import SemanticSegmenter
+    from cvtool.io.writers import make_writer
+
+    predictor = SemanticSegmenter(options, warn=env.warn, offline=env.offline)
+    writer = make_writer(fmt, env.stdout, predictor.task, env.no_color)
+    settings = {"batch_size": options.batch_size, "gt_masks": options.gt_masks}
+    evaluation = predictor.evaluation
+    return _stream(env, sources, common, predictor, writer, settings,
+                   (lambda: evaluation.report(env.stderr)) if evaluation is not None else None)

@@ -1,0 +1,101 @@
+"""Options the commands share, declared once: the aliases every command uses for the same flag,
+and the 13 inference options as one Typer declaration and one dataclass (`InferenceOptions`).
+
+A flag means one thing everywhere: `--threads N` is torch's CPU threads, `-o/--output DIR` a
+directory, `--format` the shape of what goes to stdout. Where a command needs something else it
+has its own name (`benchmark-device --thread-counts 1,all`, `--save-json FILE`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import inspect
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cvtool.core.options import PredictorOptions
+
+# The aliases every command shares.
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
+Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
+Seed = Annotated[int, typer.Option(help="Seed for everything random (e.g. --weights none).")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch.", show_default=False)]
+OutputDir = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", help="Directory for artifacts and run.json.", show_default=False)]
+
+
+@dataclass(kw_only=True)
+class InferenceOptions(PredictorOptions):
+    """The 13 options every inference command takes: the predictor's 9, and how the command
+    talks to the terminal (4)."""
+
+    format: str | None = None  # table | jsonl | csv (| coco); None: table on a terminal
+    null: bool = False  # paths on stdin are NUL-separated
+    quiet: bool = False
+    debug: bool = False
+
+    def predictor(self) -> dict[str, Any]:
+        """The fields a predictor's options take."""
+        return {item.name: getattr(self, item.name)
+                for item in dataclasses.fields(PredictorOptions)}
+
+
+# The same 13 for Typer, in the order --help lists them.
+INFERENCE_OPTIONS: dict[str, Any] = {
+    "device": Device,
+    "precision": Annotated[str, typer.Option(help="fp32 | bf16 | fp16")],
+    "batch_size": Annotated[int, typer.Option("--batch-size", "-b", min=1)],
+    "workers": Annotated[int, typer.Option(
+        min=0, help="Decoding threads (0: decode in the main thread).")],
+    "threads": Threads,
+    "format": Annotated[Optional[str], typer.Option(
+        "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
+                         "[default: table on a terminal, else jsonl]", show_default=False)],
+    "output": OutputDir,
+    "null": Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated.")],
+    "max_pixels": Annotated[Optional[int], typer.Option(
+        help="Reject images with more pixels than this (decompression-bomb guard).",
+        show_default=False)],
+    "fail_fast": Annotated[bool, typer.Option(help="Stop at the first input that fails.")],
+    "seed": Seed,
+    "quiet": Quiet,
+    "debug": Debug,
+}
+assert set(INFERENCE_OPTIONS) == {item.name for item in dataclasses.fields(InferenceOptions)}
+
+
+def inference_command(options_type: type[PredictorOptions]) -> Callable[[Callable], Callable]:
+    """Give a command the 13 shared options: the decorated function declares only its own
+    parameters plus `common: InferenceOptions`; Typer sees them all, with the defaults of
+    `InferenceOptions` (the batch size of `options_type`)."""
+    defaults = {item.name: item.default for item in dataclasses.fields(InferenceOptions)}
+    defaults["batch_size"] = next(item.default for item in dataclasses.fields(options_type)
+                                  if item.name == "batch_size")
+
+    def decorate(body: Callable) -> Callable:
+        hints = typing.get_type_hints(body, include_extras=True)
+        own = [parameter.replace(annotation=hints[parameter.name])
+               for parameter in inspect.signature(body).parameters.values()
+               if parameter.name != "common"]
+        shared = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                                    default=defaults[name])
+                  for name, annotation in INFERENCE_OPTIONS.items()]
+
+        @functools.wraps(body)
+        def command(**kwargs: Any) -> Any:
+            common = InferenceOptions(**{name: kwargs.pop(name) for name in INFERENCE_OPTIONS})
+            return body(**kwargs, common=common)
+
+        command.__signature__ = inspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in [*own, *shared]}
+        del command.__wrapped__  # Typer must read the new signature, not the body's
+        return command
+
+    return decorate

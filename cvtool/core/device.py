@@ -1,0 +1,138 @@
+"""Devices, precision, threads and seeds: the one place that decides where and how tensors run."""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import re
+from typing import TYPE_CHECKING, Any
+
+from cvtool.core.context import Warn
+from cvtool.core.status import ResourceUnavailable, UsageError
+
+if TYPE_CHECKING:
+    import torch
+
+DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
+PRECISIONS = ("fp32", "bf16", "fp16")
+_DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+def resolve_device(spec: str) -> torch.device:
+    """`auto` picks CUDA, then MPS, then the CPU; naming an absent device is exit 3."""
+    import torch
+
+    if not _DEVICE_PATTERN.match(spec):
+        raise UsageError(f"invalid --device {spec!r}; expected {DEVICE_CHOICES}")
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda":
+        _check_cuda(device)
+    elif device.type == "mps" and not _mps_available():
+        raise ResourceUnavailable("--device mps: no MPS device is present on this machine")
+    return device
+
+
+def _check_cuda(device: torch.device) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ResourceUnavailable(f"--device {device}: no CUDA device is present on this machine")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise ResourceUnavailable(f"--device {device}: only {count} CUDA device(s) are present")
+
+
+def _mps_available() -> bool:
+    import torch
+
+    return bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())
+
+
+def autocast_dtype(precision: str) -> torch.dtype | None:
+    import torch
+
+    if precision not in PRECISIONS:
+        raise UsageError(f"invalid --precision {precision!r}; "
+                         f"expected one of {', '.join(PRECISIONS)}")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for the forward pass; fp32 runs as it is."""
+    import torch
+
+    dtype = autocast_dtype(precision)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def precision_warning(device: torch.device, precision: str) -> str | None:
+    """Why the asked-for precision will be slow here, if it will: CPUs without native
+    bfloat16/float16 instructions (AVX512-BF16, AMX, AVX512-FP16) emulate them."""
+    import torch
+
+    if device.type != "cpu" or precision == "fp32":
+        return None
+    supported = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if precision == "bf16"
+                 else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+    if supported:
+        return None
+    return (f"this CPU has no native {precision} instructions; --precision {precision} is "
+            "emulated and runs slower than fp32 here")
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count when given; return the count in force."""
+    import torch
+
+    if threads is not None:
+        if threads < 1:
+            raise UsageError(f"invalid thread count {threads}; expected at least 1")
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels, so wall-clock timings cover the work itself."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def describe_device(device: torch.device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type
+
+
+def prepare_device(device: str, precision: str, threads: int | None, seed: int,
+                   warn: Warn) -> tuple[torch.device, dict[str, Any]]:
+    """Threads, seed, the device and precision every predictor sets up the same way; returns
+    the device and the settings run.json records about them."""
+    autocast_dtype(precision)
+    threads = set_threads(threads)
+    seed_everything(seed)
+    target = resolve_device(device)
+    if warning := precision_warning(target, precision):
+        warn(warning)
+    return target, {"device": str(target), "device_name": describe_device(target),
+                    "precision": precision, "threads": threads, "seed": seed}

@@ -1,0 +1,109 @@
+"""One process at a time owns an output directory (a training run, an inference `-o DIR`).
+
+The owner holds an exclusive `flock` on `DIR/.cvtool.lock`, which also names it (pid, host,
+command, start time). The kernel drops the lock when the owner exits in any way, kill -9
+included, so a lock file left behind by a dead owner is stale and simply taken over. A second
+process is refused at once (exit 2) with the owner's line. On release, the lock file goes, and
+so does the directory itself when this process created it and left nothing else in it (a run
+that failed with a usage error leaves no empty directory behind). No torch here.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+
+from cvtool.core.status import UsageError
+
+LOCK_NAME = ".cvtool.lock"
+_ATTEMPTS = 5  # a lock file replaced between open and flock is retried
+
+
+class DirectoryClaim:
+    """Ownership of `path` until `release()` (or the context's end)."""
+
+    def __init__(self, path: Path, fd: int, created: bool) -> None:
+        self.path, self.fd, self.created = path, fd, created
+
+    def release(self) -> None:
+        if self.fd < 0:
+            return
+        # Unlink while still holding the lock: a process that opened the old file finds it
+        # replaced once it gets the lock and tries again on the new one.
+        (self.path / LOCK_NAME).unlink(missing_ok=True)
+        os.close(self.fd)
+        self.fd = -1
+        if self.created and is_empty(self.path):
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass  # something appeared in it meanwhile: keep it
+
+    def __enter__(self) -> DirectoryClaim:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def claim_directory(path: Path, what: str) -> DirectoryClaim:
+    """Create `path` if needed and own it; UsageError naming the owner if another process does."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} exists and is not a directory")
+    created = not path.exists()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = path / LOCK_NAME
+    for _ in range(_ATTEMPTS):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = _owner(fd)
+            os.close(fd)
+            raise UsageError(f"{what} {path} is in use by {owner}; wait for it to finish or "
+                             "choose another directory") from None
+        if _same_file(fd, lock):
+            _describe_owner(fd)
+            return DirectoryClaim(path, fd, created)
+        os.close(fd)  # the owner released (and removed) it between our open and our flock
+    raise UsageError(f"{what} {path}: could not take its lock; is another cvtool starting?")
+
+
+def require_empty(path: Path, what: str, advice: str) -> None:
+    """The check every writer of a fresh output directory makes (after claiming it)."""
+    if path.is_dir() and not is_empty(path):
+        raise UsageError(f"{what} {path} is not empty; {advice}")
+
+
+def is_empty(path: Path) -> bool:
+    """No entry in `path` but (perhaps) the lock file."""
+    return all(entry.name == LOCK_NAME for entry in Path(path).iterdir())
+
+
+def _same_file(fd: int, lock: Path) -> bool:
+    try:
+        here, there = os.fstat(fd), os.stat(lock)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _describe_owner(fd: int) -> None:
+    command = " ".join(["cvtool", *sys.argv[1:]])[:300]
+    started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+    line = f"pid {os.getpid()} on {socket.gethostname()} since {started} ({command})\n"
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, line.encode("utf-8", "replace"), 0)
+    except OSError:  # a full disk: the lock holds without its description
+        pass
+
+
+def _owner(fd: int) -> str:
+    text = os.pread(fd, 1000, 0).decode("utf-8", "replace").strip()
+    return text or "another process"

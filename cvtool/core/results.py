@@ -1,0 +1,116 @@
+"""Plain records for each task's output. No torch here: writers and the CLI use these."""
+
+from __future__ import annotations
+
+import base64
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class InputError:
+    """Why one input could not be processed: `type` is a short class name, `message` one line."""
+
+    type: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Prediction:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass
+class Record:
+    """One input's outcome. `error` set means failed; `payload` holds the task's fields."""
+
+    path: str
+    task: str
+    model: str
+    width: int | None = None
+    height: int | None = None
+    error: InputError | None = None
+    payload: dict[str, Any] = field(default_factory=dict)
+    # In memory only, never in `to_dict()`: the decoded input (where the predictor keeps
+    # images) and results too large for JSON (a semantic mask's class-index array).
+    image: Any = field(default=None, repr=False, compare=False)
+    arrays: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {
+                **path_fields(self.path),
+                "ok": False,
+                "task": self.task,
+                "model": self.model,
+                "width": self.width,
+                "height": self.height,
+                "error": {"type": self.error.type, "message": self.error.message},
+            }
+        return {
+            **path_fields(self.path),
+            "ok": True,
+            "task": self.task,
+            "model": self.model,
+            "width": self.width,
+            "height": self.height,
+            **self.payload,
+        }
+
+
+def path_fields(path: str) -> dict[str, str]:
+    """`path` as strict UTF-8; a path whose bytes are not UTF-8 (Python holds them as lone
+    surrogates) reads with U+FFFD in their place, and `path_bytes` keeps the exact bytes in
+    base64 (RFC 4648), so the record still names the file byte for byte."""
+    shown = printable(path)
+    if shown == path:
+        return {"path": path}
+    try:
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # surrogates that stand for no byte: no file has this name
+        return {"path": shown}
+    return {"path": shown, "path_bytes": base64.b64encode(raw).decode("ascii")}
+
+
+def printable(text: str) -> str:
+    """`text` with every lone surrogate (undecodable bytes) replaced by U+FFFD: encodable as
+    strict UTF-8."""
+    if text.isascii():
+        return text
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that stand for no byte (from JSON escapes)
+        raw = text.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
+def is_finite(value: Any) -> bool:
+    """No NaN or infinity anywhere in a payload of dicts, lists and numbers."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(is_finite(item) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(is_finite(item) for item in value)
+    return True
+
+
+class InputFailure(Exception):
+    """Raised while reading or decoding one input; the batch loop turns it into an error record."""
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(message)
+        self.error = InputError(type=type, message=message)
+
+
+def one_line(error: BaseException, limit: int = 300) -> str:
+    """An exception's message folded onto one line, for error records and messages."""
+    return " ".join(str(error).split())[:limit] or type(error).__name__

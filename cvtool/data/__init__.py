@@ -1,0 +1,1 @@
+"""Datasets: digits, image folders, COCO detection sets, mask folders, synthetic shapes."""

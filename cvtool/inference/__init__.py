@@ -1,0 +1,1 @@
+"""The inference tasks and the one batch loop they run on."""
