@@ -44,7 +44,7 @@ from cvtool.core.options import (
     SegmentOptions,
 )
 from cvtool.core.results import one_line
-from cvtool.core.status import CvtoolError, ExitStatus
+from cvtool.core.status import CvtoolError, ExitStatus, UsageError
 
 # A full disk or quota is the resource-unavailable status, not a bug.
 RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
@@ -179,6 +179,38 @@ def segment_semantic(
     finish(run, env, sources or [], common, SegmentOptions(
         **common.predictor(), model=model or DEFAULT_SEMANTIC, weights=weights, encoder=encoder,
         gt_masks=gt_masks, ignore_index=ignore_index), evaluate=eval)
+
+
+@app.command()
+def merge(
+    directories: Annotated[Optional[list[Path]], typer.Argument(
+        help="Run directories (written with -o), e.g. the shards of one run.",
+        show_default=False)] = None,
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="New or empty directory for the merged records.jsonl and "
+                               "run.json.", show_default=False)] = None,
+    format: Annotated[Optional[str], typer.Option(
+        "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
+                         "[default: table on a terminal, else jsonl]", show_default=False)] = None,
+    gt: Annotated[Optional[Path], typer.Option(
+        help="COCO annotations, for --format coco image ids and --eval (detect, "
+             "segment-instance).", show_default=False)] = None,
+    gt_masks: Annotated[Optional[Path], typer.Option(
+        help="Ground-truth mask folder, for --eval (segment-semantic).",
+        show_default=False)] = None,
+    eval: Annotated[bool, typer.Option(
+        "--eval", help="Metrics of the merged set, as one run's --eval computes them.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Join shard (or resumed) run directories: records in input order, summed counts."""
+    from cvtool.cli.commands import merge as run
+
+    env = current(quiet, debug)
+    if output is None:
+        raise UsageError("--output DIR is required: where the merged run goes")
+    finish(run, env, directories or [], output, fmt=format, gt=gt, gt_masks=gt_masks,
+           evaluate=eval)
 
 
 @app.command()

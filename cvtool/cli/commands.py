@@ -44,22 +44,75 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
 def _stream(env: Environment, sources: list[str], common: InferenceOptions, predictor: Any,
             writer: Any, settings: dict[str, Any],
             metrics: Callable[[], dict[str, Any]] | None = None) -> int:
-    """Every inference command's run: records streamed to `writer`, the summary line, and
-    run.json under --output (with `metrics()`, when given, in it)."""
+    """Every inference command's run: records streamed to `writer` (and to DIR/records.jsonl
+    under --output), the summary line, and run.json (with `metrics()`, when given, in it)."""
+    from cvtool.inference import runs
     from cvtool.inference.runner import Tally, run_info, stream_records, write_run_json
+    from cvtool.io.writers import TeeWriter
 
+    shard = runs.parse_shard(common.shard)
+    output = predictor.options.output_dir
+    if common.resume and output is None:
+        predictor.close()
+        raise UsageError("--resume needs --output DIR: the run to continue")
     with predictor:
+        settings = {**predictor.settings, **settings, "shard": list(shard) if shard else None,
+                    "options": runs.deciding_options(predictor.options)}
+        listed = read_sources(env, sources, common.null)
+        records_file = None
+        if output is not None:
+            records_file = runs.RecordsFile(output, predictor.task, settings["options"],
+                                            common.resume, shard)
+            listed, writer = records_file.pending(listed), TeeWriter(writer, records_file)
+            write_run_json(output, {**run_info(predictor.task, predictor.models_info(),
+                                               settings, Tally()), "complete": False})
+        else:
+            listed = runs.in_shard(listed, shard)
+        seen: set[str] = set()  # this run's inputs, for the count a --max-failures stop leaves
+        if common.max_failures is not None:
+            writer = TeeWriter(writer, _PathsSeen(seen))
         tally = Tally()
-        stream_records(env, predictor.run(read_sources(env, sources, common.null)), writer,
-                       tally)
-        settings = {**predictor.settings, **settings}
+        stopped = stream_records(env, predictor.run(listed), writer, tally, common.max_failures)
         if metrics is not None:
             settings["metrics"] = metrics()
-        if predictor.options.output_dir is not None:
-            write_run_json(predictor.options.output_dir,
-                           run_info(predictor.task, predictor.models_info(), settings, tally))
+        if output is not None:
+            info = run_info(predictor.task, predictor.models_info(), settings, tally)
+            info["counts"] = _whole_run(records_file.earlier, info["counts"])
+            write_run_json(output, {**info, "complete": not stopped})
     _summarise(env, tally)
+    if stopped:
+        done = seen | (records_file.done if records_file is not None else set())
+        if "-" in sources:
+            left = "the rest of standard input was not read"
+        else:
+            listing = runs.in_shard(read_sources(env, sources, common.null), shard)
+            left = f"{sum(s.path not in done for s in listing)} inputs were left unprocessed"
+        again = "; --resume continues the run" if output is not None else ""
+        env.log(f"stopped after {tally.failed} failed inputs (--max-failures "
+                f"{common.max_failures}): {left}{again}")
     return tally.status()
+
+
+class _PathsSeen:
+    """A record writer that only notes each record's path."""
+
+    def __init__(self, seen: set[str]) -> None:
+        self.seen = seen
+
+    def write(self, record: Any) -> None:
+        self.seen.add(record.path)
+
+    def close(self) -> None:
+        pass
+
+
+def _whole_run(earlier: dict[str, int], now: dict[str, Any]) -> dict[str, Any]:
+    """run.json's counts over every run into the directory (a --resume adds to them)."""
+    if not earlier["inputs"]:
+        return now
+    return {**now, "inputs": earlier["inputs"] + now["inputs"],
+            "ok": earlier["ok"] + now["ok"], "failed": earlier["failed"] + now["failed"],
+            "this_run": now}
 
 
 def check_inputs(sources: list[str], max_pixels: int | None) -> None:
@@ -229,3 +282,98 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     evaluation = predictor.evaluation
     return _stream(env, sources, common, predictor, writer, settings,
                    (lambda: evaluation.report(env.stderr)) if evaluation is not None else None)
+
+
+def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str | None,
+          gt: Path | None, gt_masks: Path | None, evaluate: bool) -> int:
+    """`cvtool merge`: shard (or resumed) run directories as one run, in input order."""
+    from cvtool.core.ownership import require_empty
+    from cvtool.core.results import record_from_dict
+    from cvtool.inference import runs
+    from cvtool.inference.runner import Tally, write_run_json
+    from cvtool.io.writers import TeeWriter, make_writer, write_bytes
+
+    if not directories:
+        raise UsageError("give the run directories to merge (written with -o)")
+    loaded = [runs.Run(directory) for directory in directories]
+    records = runs.merged(loaded)
+    task = loaded[0].info["task"]
+    detection = task in ("detect", "segment-instance")
+    fmt = resolve_format(env, fmt, DETECTION_FORMATS if detection else RECORD_FORMATS)
+    needed = "--gt annotations.json" if detection else "--gt-masks DIR"
+    if evaluate and (gt if detection else gt_masks) is None:
+        raise UsageError(f"--eval needs {needed} to compare against")
+    if (gt is not None and not detection) or (gt_masks is not None and detection):
+        raise UsageError(f"{'--gt' if gt is not None else '--gt-masks'} does not apply to {task} "
+                         "runs")
+    env.own_directory(output, "--output")
+    require_empty(output, "--output", "merge into a new or empty directory")
+    writer, metrics = make_writer(fmt, env.stdout, task, env.no_color), None
+    if detection:
+        from cvtool.io import coco
+
+        ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
+        collector = coco.ResultCollector(ground_truth, env.warn)
+        writer = make_writer(fmt, env.stdout, task, env.no_color, collector)
+        writer = writer if fmt == "coco" or not evaluate else TeeWriter(writer, collector)
+        if evaluate:
+            metrics = lambda: _evaluate(env, task, ground_truth, collector)  # noqa: E731
+    elif evaluate:
+        metrics = _semantic_evaluation(env, loaded[0].info, gt_masks, records)
+    tally = Tally()
+    try:
+        for record in records:
+            tally.total += 1
+            tally.failed += not record["ok"]
+            writer.write(record_from_dict(record))
+    finally:
+        writer.close()
+    lines = "".join(strict_line(record) for record in records)
+    write_bytes(output / runs.RECORDS, lines.encode("utf-8"))
+    write_bytes(output / runs.POSITIONS, "".join(f"{n}\n" for n in range(len(records))).encode())
+    first = loaded[0].info
+    info = {key: first.get(key) for key in ("cvtool_version", "task", "models", "options")}
+    info.update(command=first.get("command") and _this_command(), shard=None,
+                merged=[{"directory": str(run.directory), **run.info} for run in loaded],
+                counts={"inputs": tally.total, "ok": tally.ok, "failed": tally.failed},
+                complete=all(run.info.get("complete") for run in loaded))
+    if metrics is not None:
+        info["metrics"] = metrics()
+    write_run_json(output, info)
+    env.log(f"merged {len(loaded)} runs: {tally.total} inputs, {tally.failed} failed")
+    return tally.status()
+
+
+def strict_line(record: dict[str, Any]) -> str:
+    from cvtool.io.writers import strict_json
+
+    return strict_json(record) + "\n"
+
+
+def _this_command() -> list[str]:
+    import sys
+
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
+
+
+def _semantic_evaluation(env: Environment, info: dict[str, Any], gt_masks: Path,
+                         records: list[dict[str, Any]]) -> Any:
+    """mIoU of the merged masks (read back from each record's mask_path) against --gt-masks,
+    computed as one segment-semantic --eval computes it."""
+    import numpy as np
+    from PIL import Image
+
+    from cvtool.inference.segment_semantic import Evaluation
+    from cvtool.io.masks import GroundTruthMasks
+
+    categories = (info.get("models") or [{}])[0].get("categories")
+    if not categories:
+        raise UsageError("these runs do not record their classes (made by an older cvtool); "
+                         "run segment-semantic --eval over the inputs instead")
+    evaluation = Evaluation(GroundTruthMasks(gt_masks), categories,
+                            info.get("options", {}).get("ignore_index", 255), env.warn)
+    for record in records:
+        if record["ok"] and record.get("mask_path"):
+            with Image.open(record["mask_path"]) as mask:
+                evaluation.add(record["path"], np.asarray(mask))
+    return lambda: evaluation.report(env.stderr)

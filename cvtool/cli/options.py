@@ -1,5 +1,5 @@
 """Options the commands share, declared once: the aliases every command uses for the same flag,
-and the 13 inference options as one Typer declaration and one dataclass (`InferenceOptions`).
+and the inference options as one Typer declaration and one dataclass (`InferenceOptions`).
 
 A flag means one thing everywhere: `--threads N` is torch's CPU threads, `-o/--output DIR` a
 directory, `--format` the shape of what goes to stdout. Where a command needs something else it
@@ -33,13 +33,18 @@ OutputDir = Annotated[Optional[Path], typer.Option(
 
 @dataclass(kw_only=True)
 class InferenceOptions(PredictorOptions):
-    """The 13 options every inference command takes: the predictor's 9, and how the command
-    talks to the terminal (4)."""
+    """The options every inference command takes: the predictor's 9, how the command talks to
+    the terminal (4), and how a batch run is cut and continued (3)."""
 
     format: str | None = None  # table | jsonl | csv (| coco); None: table on a terminal
     null: bool = False  # paths on stdin are NUL-separated
     quiet: bool = False
     debug: bool = False
+    # Batch runs (cvtool/inference/runs.py): continue -o DIR, one shard of the inputs, and a
+    # failure budget.
+    resume: bool = False
+    shard: str | None = None
+    max_failures: int | None = None
 
     def predictor(self) -> dict[str, Any]:
         """The fields a predictor's options take."""
@@ -67,6 +72,14 @@ INFERENCE_OPTIONS: dict[str, Any] = {
     "seed": Seed,
     "quiet": Quiet,
     "debug": Debug,
+    "resume": Annotated[bool, typer.Option(
+        "--resume", help="Continue the run in --output DIR: inputs that have a record in "
+                         "DIR/records.jsonl are skipped.")],
+    "shard": Annotated[Optional[str], typer.Option(
+        metavar="K/N", help="Process shard K of N (1-based): a fixed, disjoint part of the "
+                            "inputs, by a hash of each path.", show_default=False)],
+    "max_failures": Annotated[Optional[int], typer.Option(
+        min=1, help="Stop once this many inputs have failed (exit 1).", show_default=False)],
 }
 assert set(INFERENCE_OPTIONS) == {item.name for item in dataclasses.fields(InferenceOptions)}
 

@@ -77,6 +77,15 @@ class ClassifyOptions(PredictorOptions):
     tta: bool = False  # average over ten crops (corners, centre, flips)
     batch_size: int = 16
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # One model is a string however it was given (the CLI passes a list), so the same run
+        # has the same options in run.json and in `to_dict()`.
+        if not isinstance(self.model, str):
+            self.model = self.model[0] if len(self.model) == 1 else list(self.model)
+        if not isinstance(self.weights, str):
+            self.weights = self.weights[0] if len(self.weights) == 1 else list(self.weights)
+
     @property
     def models(self) -> list[str]:
         return [self.model] if isinstance(self.model, str) else list(self.model)

@@ -66,6 +66,19 @@ class Record:
         }
 
 
+def record_from_dict(data: dict[str, Any], record_type: type[Record] = Record) -> Record:
+    """The record `Record.to_dict()` wrote (a path in `path_bytes` gets its exact bytes back)."""
+    path = data["path"]
+    if "path_bytes" in data:
+        path = os.fsdecode(base64.b64decode(data["path_bytes"]))
+    error = data.get("error")
+    base = {"path", "path_bytes", "ok", "task", "model", "width", "height", "error"}
+    return record_type(path=path, task=data["task"], model=data["model"],
+                       width=data.get("width"), height=data.get("height"),
+                       error=InputError(error["type"], error["message"]) if error else None,
+                       payload={} if error else {k: v for k, v in data.items() if k not in base})
+
+
 def path_fields(path: str) -> dict[str, str]:
     """`path` as strict UTF-8; a path whose bytes are not UTF-8 (Python holds them as lone
     surrogates) reads with U+FFFD in their place, and `path_bytes` keeps the exact bytes in

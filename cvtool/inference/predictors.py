@@ -168,7 +168,9 @@ class SemanticSegmenter(Predictor):
         return loop, loaded
 
     def models_info(self) -> list[dict[str, Any]]:
-        return [{**model_info(self.loaded), "encoder": self.loaded.encoder}]
+        # The labels too (a few dozen at most): `cvtool merge --eval` scores classes by them.
+        return [{**model_info(self.loaded), "encoder": self.loaded.encoder,
+                 "categories": list(self.loaded.categories)}]
 
 
 def model_info(loaded: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ Shared by every inference command, so streaming, interruption and artifacts beha
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -18,6 +19,8 @@ from cvtool.core.results import Record
 from cvtool.core.status import ExitStatus
 from cvtool.core.versions import versions
 from cvtool.io.writers import RecordWriter, write_json
+
+PROGRESS_SECONDS = 10.0  # between plain progress lines on a non-terminal stderr
 
 
 @dataclass
@@ -45,21 +48,29 @@ class Tally:
 
 
 def stream_records(env: Environment, records: Iterable[Record], writer: RecordWriter,
-                   tally: Tally) -> None:
-    """Write each record as it finishes; the table writer prints what it has even on Ctrl-C."""
+                   tally: Tally, max_failures: int | None = None) -> bool:
+    """Write each record as it finishes; the table writer prints what it has even on Ctrl-C.
+    Returns whether `max_failures` stopped the run early."""
     try:
-        for record in _with_progress(env, records):
+        for record in _with_progress(env, records, tally):
             tally.total += 1
             tally.failed += not record.ok
             writer.write(record)
+            if max_failures is not None and tally.failed >= max_failures:
+                return True
+        return False
     finally:
+        close = getattr(records, "close", None)
+        if close is not None:
+            close()  # stops the batch loop (and its writes) before the writer closes
         writer.close()
 
 
-def _with_progress(env: Environment, records: Iterable[Record]) -> Iterator[Record]:
+def _with_progress(env: Environment, records: Iterable[Record],
+                   tally: Tally) -> Iterator[Record]:
     progress = env.progress_bar(rate=True)
     if progress is None:
-        yield from records
+        yield from (records if env.quiet else _with_lines(env, records, tally))
         return
     try:
         task = progress.add_task("images", total=None, rate="")
@@ -70,6 +81,19 @@ def _with_progress(env: Environment, records: Iterable[Record]) -> Iterator[Reco
             yield record
     finally:
         progress.stop()
+
+
+def _with_lines(env: Environment, records: Iterable[Record], tally: Tally) -> Iterator[Record]:
+    """Where stderr is a log (CI), a plain line every PROGRESS_SECONDS instead of a bar."""
+    interval = float(os.environ.get("CVTOOL_PROGRESS_SECONDS", PROGRESS_SECONDS))
+    shown = time.perf_counter()
+    for record in records:
+        yield record
+        now = time.perf_counter()
+        if now - shown >= interval:
+            shown = now
+            env.log(f"progress: {tally.total} inputs, {tally.failed} failed, "
+                    f"{tally.total / max(tally.seconds, 1e-9):.1f}/s")
 
 
 def run_info(command: str, models: list[dict[str, Any]], settings: dict[str, Any],
