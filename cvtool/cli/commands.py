@@ -290,8 +290,8 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
     from cvtool.core.ownership import require_empty
     from cvtool.core.results import record_from_dict
     from cvtool.inference import runs
-    from cvtool.inference.runner import Tally, write_run_json
-    from cvtool.io.writers import TeeWriter, make_writer, write_bytes
+    from cvtool.inference.runner import Tally, command_line, write_run_json
+    from cvtool.io.writers import TeeWriter, make_writer, strict_json, write_bytes
 
     if not directories:
         raise UsageError("give the run directories to merge (written with -o)")
@@ -328,12 +328,12 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
             writer.write(record_from_dict(record))
     finally:
         writer.close()
-    lines = "".join(strict_line(record) for record in records)
+    lines = "".join(strict_json(record) + "\n" for record in records)
     write_bytes(output / runs.RECORDS, lines.encode("utf-8"))
     write_bytes(output / runs.POSITIONS, "".join(f"{n}\n" for n in range(len(records))).encode())
     first = loaded[0].info
     info = {key: first.get(key) for key in ("cvtool_version", "task", "models", "options")}
-    info.update(command=first.get("command") and _this_command(), shard=None,
+    info.update(command=command_line(), shard=None,
                 merged=[{"directory": str(run.directory), **run.info} for run in loaded],
                 counts={"inputs": tally.total, "ok": tally.ok, "failed": tally.failed},
                 complete=all(run.info.get("complete") for run in loaded))
@@ -342,18 +342,6 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
     write_run_json(output, info)
     env.log(f"merged {len(loaded)} runs: {tally.total} inputs, {tally.failed} failed")
     return tally.status()
-
-
-def strict_line(record: dict[str, Any]) -> str:
-    from cvtool.io.writers import strict_json
-
-    return strict_json(record) + "\n"
-
-
-def _this_command() -> list[str]:
-    import sys
-
-    return [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
 def _semantic_evaluation(env: Environment, info: dict[str, Any], gt_masks: Path,

@@ -99,9 +99,14 @@ def _with_lines(env: Environment, records: Iterable[Record], tally: Tally) -> It
 def run_info(command: str, models: list[dict[str, Any]], settings: dict[str, Any],
              tally: Tally) -> dict[str, Any]:
     """What `run.json` records: enough to reproduce and audit the run."""
-    return {"cvtool_version": __version__, "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+    return {"cvtool_version": __version__, "command": command_line(),
             "task": command, "versions": versions(), "models": models, **settings,
             "counts": tally.to_dict()}
+
+
+def command_line() -> list[str]:
+    """This process's command as run.json records it."""
+    return [Path(sys.argv[0]).name, *sys.argv[1:]]
 
 
 def write_run_json(output: Path, info: dict[str, Any]) -> None:
