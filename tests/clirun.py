@@ -62,3 +62,17 @@ def kill_after_first_epoch(args: list[str], run: Path, timeout: float = 240) -> 
         time.sleep(0.01)
     process.send_signal(signal.SIGKILL)
     process.wait()
+
+
+def same(left: object, right: object) -> bool:
+    """Records equal, floats within 1e-5: float32 rounds differently per batch, and which
+    inputs share a batch depends on when each is decoded."""
+    import math
+
+    if isinstance(left, float) and isinstance(right, float):
+        return math.isclose(left, right, rel_tol=1e-5, abs_tol=1e-5)
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(same(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(same, left, right))
+    return left == right

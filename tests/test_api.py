@@ -4,7 +4,6 @@ every task; in-memory inputs as files; options as plain data another process can
 from __future__ import annotations
 
 import json
-import math
 import pickle
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 
 import cvtool
-from tests.clirun import ROOT
+from tests.clirun import ROOT, same
 from tests.clirun import cvtool as cli
 
 DIGITS = sorted((ROOT / "sample_images" / "digits").glob("*.png"))[:6]
@@ -50,24 +49,13 @@ def test_records_equal_the_clis(task: str, tmp_path: Path) -> None:
     assert result.code == 1  # the missing file fails, the rest go on
     predictor = predictor_type(device="cpu", **options)
     records = list(predictor.predict(paths))
-    assert _same([record.to_dict() for record in records], result.records())
+    assert same([record.to_dict() for record in records], result.records())
     assert [type(record).__name__ for record in records[:1]] == [
         {"classify": "ClassifyRecord", "segment-semantic": "SemanticRecord"}.get(
             task, "DetectionRecord")]
     assert not records[-1].ok and records[-1].error.type == "FileNotFoundError"
     assert all(record.ok for record in records[:-1])
 
-
-def _same(left: object, right: object) -> bool:
-    """Equal, floats within 1e-5: a batch of 3 and a batch of 6 round differently in float32,
-    and which inputs share a batch depends on when each is decoded."""
-    if isinstance(left, float) and isinstance(right, float):
-        return math.isclose(left, right, rel_tol=1e-5, abs_tol=1e-5)
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_same(left[k], right[k]) for k in left)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(_same, left, right))
-    return left == right
 
 
 def _in_memory(path: Path) -> list[object]:
@@ -86,7 +74,7 @@ def test_an_image_in_memory_gives_the_files_record(task: str) -> None:
     expected = {**from_file.to_dict(), "path": None}
     for position, record in enumerate(from_memory, start=1):
         assert record.path == f"memory:{position}"
-        assert _same({**record.to_dict(), "path": None}, expected)
+        assert same({**record.to_dict(), "path": None}, expected)
 
 
 def test_inputs_mix_in_one_call_and_bad_ones_are_records(tmp_path: Path) -> None:
@@ -151,7 +139,7 @@ def test_options_are_plain_data_another_process_rebuilds_from(tmp_path: Path) ->
     done = subprocess.run([sys.executable, "-c", code, json.dumps(options.to_dict()),
                            *map(str, DIGITS[:3])], capture_output=True, text=True, cwd=ROOT,
                           check=True)
-    assert _same(json.loads(done.stdout), here)
+    assert same(json.loads(done.stdout), here)
 
 
 def test_construction_errors_are_cvtool_errors() -> None:

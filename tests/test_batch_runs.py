@@ -4,7 +4,6 @@ and plain progress lines where stderr is a log."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from cvtool.inference.runs import shard_of
-from tests.clirun import ROOT, cvtool
+from tests.clirun import ROOT, cvtool, same
 
 DIGITS = sorted((ROOT / "sample_images" / "digits").glob("*.png"))
 SHAPES = sorted((ROOT / "sample_images" / "shapes").glob("shapes_*.png"))
@@ -25,16 +24,6 @@ SHAPES = sorted((ROOT / "sample_images" / "shapes").glob("shapes_*.png"))
 def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
-
-def _same(left: object, right: object) -> bool:
-    """Equal, floats within 1e-5 (float32 rounds differently per batch composition)."""
-    if isinstance(left, float) and isinstance(right, float):
-        return math.isclose(left, right, rel_tol=1e-5, abs_tol=1e-5)
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_same(left[k], right[k]) for k in left)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(_same, left, right))
-    return left == right
 
 
 def test_records_jsonl_holds_what_stdout_got(tmp_path: Path) -> None:
@@ -98,7 +87,7 @@ def test_resume_after_kill_gives_one_record_per_input_as_an_uninterrupted_run(
     got = _lines(records)
     assert sorted(r["path"] for r in got) == sorted(expected)  # each input exactly once
     for record in got:
-        assert _same({**record, "mask_path": None}, {**expected[record["path"]],
+        assert same({**record, "mask_path": None}, {**expected[record["path"]],
                                                      "mask_path": None})
     assert len(list((killed / "masks").rglob("*.png"))) == 60
     counts = json.loads((killed / "run.json").read_text())["counts"]
