@@ -232,7 +232,9 @@ def test_run_json_records_the_run(weights_file, images, tmp_path):
     assert model["weights_file"] == str(weights_file)
     import hashlib
     assert model["weights_sha256"] == hashlib.sha256(weights_file.read_bytes()).hexdigest()
-    assert [p.name for p in out.iterdir()] == ["run.json"]  # no temp files left behind
+    # no temp files left behind
+    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "records.positions",
+                                                      "run.json"]
 
 
 def _spawn(args: list, **kwargs) -> subprocess.Popen:

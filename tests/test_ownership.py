@@ -67,7 +67,8 @@ def test_inference_output_is_owned_too(tmp_path: Path) -> None:
         assert result.stdout == "" and not (out / "run.json").exists()
     done = cvtool("classify", DIGIT, "-m", "digits-cnn", "-o", out)
     assert done.code == 0 and (out / "run.json").is_file()
-    assert sorted(p.name for p in out.iterdir()) == ["run.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["records.jsonl", "records.positions",
+                                                      "run.json"]
 
 
 @pytest.mark.parametrize("command", [

@@ -156,12 +156,12 @@ def test_torchvision_masks_map_back_to_the_original_pixels(weights, scenes, tmp_
 
 
 def test_csv_rows_are_classes_and_the_table_shows_fractions(weights, scenes, tmp_path) -> None:
-    (record,) = run(FPN, weights[FPN], scenes / "odd.png", "-o", tmp_path).records()
+    (record,) = run(FPN, weights[FPN], scenes / "odd.png", "-o", tmp_path / "a").records()
     rows = list(csv.DictReader(io.StringIO(run(
-        FPN, weights[FPN], scenes / "odd.png", "-o", tmp_path, "--format", "csv").stdout)))
+        FPN, weights[FPN], scenes / "odd.png", "-o", tmp_path / "b", "--format", "csv").stdout)))
     assert [(int(r["index"]), int(r["pixels"])) for r in rows] == [
         (c["index"], c["pixels"]) for c in record["classes"]]
-    assert {r["mask_path"] for r in rows} == {record["mask_path"]}
+    assert {r["mask_path"] for r in rows} == {record["mask_path"].replace("/a/", "/b/")}
     table = run(FPN, weights[FPN], scenes / "odd.png", "--format", "table").stdout
     top = record["classes"][0]
     assert f"{top['label']} {top['fraction']:.1%}" in table

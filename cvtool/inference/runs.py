@@ -99,8 +99,10 @@ class RecordsFile:
         elif self.path.exists() or previous is not None:
             raise UsageError(f"--output {output} holds an earlier run ({RECORDS}, {RUN_JSON}); "
                              "add --resume to continue it, or choose another directory")
-        self.handle: IO[str] = open(self.path, "a", encoding="utf-8")
-        self.positions: IO[str] = open(self.positions_path, "a", encoding="ascii")
+        # Opened at the first record: a run that fails before any (a full disk at run.json)
+        # leaves no empty files behind.
+        self.handle: IO[str] | None = None
+        self.positions: IO[str] | None = None
 
     def _read_back(self) -> None:
         if not self.path.exists():
@@ -133,14 +135,18 @@ class RecordsFile:
                 yield source
 
     def write(self, record: Record) -> None:
+        if self.handle is None or self.positions is None:
+            self.positions = open(self.positions_path, "a", encoding="ascii")
+            self.handle = open(self.path, "a", encoding="utf-8")
         self.positions.write(f"{self.queued.popleft()}\n")
         self.positions.flush()
         self.handle.write(strict_json(record.to_dict()) + "\n")
         self.handle.flush()
 
     def close(self) -> None:
-        self.handle.close()
-        self.positions.close()
+        for handle in (self.handle, self.positions):
+            if handle is not None:
+                handle.close()
 
 
 def _complete_lines(path: Path, keep: int | None = None) -> list[str]:
