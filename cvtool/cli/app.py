@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 from cvtool.cli.bench import benchmark_device
 from cvtool.cli.data import data_app
 from cvtool.cli.options import (
+    INFERENCE_OPTIONS,
     Debug,
     Device,
     InferenceOptions,
@@ -189,9 +190,7 @@ def merge(
     output: Annotated[Optional[Path], typer.Option(
         "--output", "-o", help="New or empty directory for the merged records.jsonl and "
                                "run.json.", show_default=False)] = None,
-    format: Annotated[Optional[str], typer.Option(
-        "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
-                         "[default: table on a terminal, else jsonl]", show_default=False)] = None,
+    format: INFERENCE_OPTIONS["format"] = None,
     gt: Annotated[Optional[Path], typer.Option(
         help="COCO annotations, for --format coco image ids and --eval (detect, "
              "segment-instance).", show_default=False)] = None,

@@ -31,7 +31,7 @@ def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) 
 def classify(env: Environment, sources: list[str], common: InferenceOptions,
              options: ClassifyOptions) -> int:
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
-    check_inputs(sources, options.max_pixels)
+    check_inputs(sources, common)
     from cvtool.inference.predictors import Classifier
     from cvtool.io.writers import make_writer
 
@@ -52,9 +52,6 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
 
     shard = runs.parse_shard(common.shard)
     output = predictor.options.output_dir
-    if common.resume and output is None:
-        predictor.close()
-        raise UsageError("--resume needs --output DIR: the run to continue")
     with predictor:
         settings = {**predictor.settings, **settings, "shard": list(shard) if shard else None,
                     "options": runs.deciding_options(predictor.options)}
@@ -115,12 +112,17 @@ def _whole_run(earlier: dict[str, int], now: dict[str, Any]) -> dict[str, Any]:
             "this_run": now}
 
 
-def check_inputs(sources: list[str], max_pixels: int | None) -> None:
+def check_inputs(sources: list[str], common: InferenceOptions) -> None:
+    """What needs no model: inputs given, --max-pixels, --shard and --resume well formed."""
+    from cvtool.inference.runs import parse_shard
     from cvtool.io.decode import check_max_pixels
 
-    check_max_pixels(max_pixels)
+    check_max_pixels(common.max_pixels)
     if not sources:
         raise UsageError("no inputs: give image files, directories, quoted globs, or - for stdin")
+    parse_shard(common.shard)
+    if common.resume and common.output is None:
+        raise UsageError("--resume needs --output DIR: the run to continue")
 
 
 def read_sources(env: Environment, sources: list[str], null: bool) -> Any:
@@ -178,27 +180,36 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
            options: DetectOptions, *, gt: Path | None, evaluate: bool) -> int:
     """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
     fmt = resolve_format(env, common.format, DETECTION_FORMATS)
-    check_inputs(sources, options.max_pixels)
+    check_inputs(sources, common)
     if evaluate and gt is None:
         raise UsageError("--eval needs --gt annotations.json to compare against")
     if options.save_crops and options.output is None:
         raise UsageError("--save-crops needs --output DIR to write the crops to")
     from cvtool.inference.predictors import Detector, InstanceSegmenter
     from cvtool.io import coco
-    from cvtool.io.writers import TeeWriter, make_writer
     from cvtool.models.detection import MASK_THRESHOLD
 
     ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
     kind = InstanceSegmenter if options.task == "segment-instance" else Detector
     predictor = kind(options, warn=env.warn, offline=env.offline)
-    collector = coco.ResultCollector(ground_truth, env.warn)
-    writer = make_writer(fmt, env.stdout, options.task, env.no_color, collector)
-    writer = writer if fmt == "coco" or not evaluate else TeeWriter(writer, collector)
+    writer, collector = _detection_writer(env, fmt, options.task, ground_truth, evaluate)
     settings = {"batch_size": options.batch_size, "conf": options.conf,
                 "classes": options.classes, "gt": gt and str(gt), "mask_threshold": MASK_THRESHOLD}
     return _stream(env, sources, common, predictor, writer, settings,
                    (lambda: _evaluate(env, options.task, ground_truth, collector)) if evaluate
                    else None)
+
+
+def _detection_writer(env: Environment, fmt: str, task: str, ground_truth: Any,
+                      evaluate: bool) -> tuple[Any, Any]:
+    """The chosen format's writer, and the COCO collector that --format coco and --eval read
+    (fed alongside the format's writer when it is not itself the collector)."""
+    from cvtool.io import coco
+    from cvtool.io.writers import TeeWriter, make_writer
+
+    collector = coco.ResultCollector(ground_truth, env.warn)
+    writer = make_writer(fmt, env.stdout, task, env.no_color, collector)
+    return (writer if fmt == "coco" or not evaluate else TeeWriter(writer, collector)), collector
 
 
 def _evaluate(env: Environment, task_name: str, ground_truth: dict[str, Any],
@@ -268,7 +279,7 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
                      options: SegmentOptions, *, evaluate: bool) -> int:
     """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
-    check_inputs(sources, options.max_pixels)
+    check_inputs(sources, common)
     if evaluate and options.gt_masks is None:
         raise UsageError("--eval needs --gt-masks DIR to compare against")
     if options.gt_masks is not None and not evaluate:
@@ -291,7 +302,7 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
     from cvtool.core.results import record_from_dict
     from cvtool.inference import runs
     from cvtool.inference.runner import Tally, command_line, write_run_json
-    from cvtool.io.writers import TeeWriter, make_writer, strict_json, write_bytes
+    from cvtool.io.writers import make_writer, strict_json, write_bytes
 
     if not directories:
         raise UsageError("give the run directories to merge (written with -o)")
@@ -308,18 +319,18 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
                          "runs")
     env.own_directory(output, "--output")
     require_empty(output, "--output", "merge into a new or empty directory")
-    writer, metrics = make_writer(fmt, env.stdout, task, env.no_color), None
+    metrics = None
     if detection:
         from cvtool.io import coco
 
         ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
-        collector = coco.ResultCollector(ground_truth, env.warn)
-        writer = make_writer(fmt, env.stdout, task, env.no_color, collector)
-        writer = writer if fmt == "coco" or not evaluate else TeeWriter(writer, collector)
+        writer, collector = _detection_writer(env, fmt, task, ground_truth, evaluate)
         if evaluate:
             metrics = lambda: _evaluate(env, task, ground_truth, collector)  # noqa: E731
-    elif evaluate:
-        metrics = _semantic_evaluation(env, loaded[0].info, gt_masks, records)
+    else:
+        writer = make_writer(fmt, env.stdout, task, env.no_color)
+        if evaluate:
+            metrics = _semantic_evaluation(env, loaded[0].info, gt_masks, records)
     tally = Tally()
     try:
         for record in records:

@@ -45,7 +45,7 @@ class Environment:
 
     @property
     def offline(self) -> bool:
-        return os.environ.get("CVTOOL_OFFLINE", "") not in ("", "0")
+        return offline_from_environment()
 
     @cached_property
     def console(self) -> Console:
@@ -92,6 +92,11 @@ class Environment:
         progress = Progress(*columns, console=self.console, transient=True)
         progress.start()
         return progress
+
+
+def offline_from_environment() -> bool:
+    """CVTOOL_OFFLINE=1: never download weights (a set, non-empty value other than 0)."""
+    return os.environ.get("CVTOOL_OFFLINE", "") not in ("", "0")
 
 
 _active: list[Environment] = []  # the Environment of each run in progress, innermost last

@@ -68,15 +68,21 @@ class Record:
 
 def record_from_dict(data: dict[str, Any], record_type: type[Record] = Record) -> Record:
     """The record `Record.to_dict()` wrote (a path in `path_bytes` gets its exact bytes back)."""
-    path = data["path"]
-    if "path_bytes" in data:
-        path = os.fsdecode(base64.b64decode(data["path_bytes"]))
+    path = record_path(data)
     error = data.get("error")
     base = {"path", "path_bytes", "ok", "task", "model", "width", "height", "error"}
     return record_type(path=path, task=data["task"], model=data["model"],
                        width=data.get("width"), height=data.get("height"),
                        error=InputError(error["type"], error["message"]) if error else None,
                        payload={} if error else {k: v for k, v in data.items() if k not in base})
+
+
+def record_path(data: dict[str, Any]) -> str:
+    """The input path of a record as `to_dict()` wrote it: `path_bytes`' exact bytes where the
+    path is not UTF-8, else `path`."""
+    if "path_bytes" in data:
+        return os.fsdecode(base64.b64decode(data["path_bytes"]))
+    return data["path"]
 
 
 def path_fields(path: str) -> dict[str, str]:

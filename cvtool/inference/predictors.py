@@ -16,14 +16,13 @@ models that cannot work. Warnings go through Python's `warnings` as `CvtoolWarni
 from __future__ import annotations
 
 import dataclasses
-import os
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import ExitStack
 from types import TracebackType
 from typing import Any, ClassVar
 
-from cvtool.core.context import Environment, Warn
+from cvtool.core.context import Environment, Warn, offline_from_environment
 from cvtool.core.options import (
     ClassifyOptions,
     DetectOptions,
@@ -38,10 +37,6 @@ from cvtool.io.sources import Source, input_sources
 
 def python_warning(message: str) -> None:
     warnings.warn(message, CvtoolWarning, stacklevel=3)
-
-
-def offline_by_default() -> bool:
-    return os.environ.get("CVTOOL_OFFLINE", "") not in ("", "0")
 
 
 class Predictor:
@@ -64,7 +59,7 @@ class Predictor:
 
         self.options = options
         self.warn = warn or python_warning
-        self.offline = offline_by_default() if offline is None else offline
+        self.offline = offline_from_environment() if offline is None else offline
         self.resources = ExitStack()  # the output directory's lock, held until close()
         check_max_pixels(options.max_pixels)
         if options.output_dir is not None:

@@ -14,7 +14,6 @@ in, and balanced to within a few percent from a few thousand inputs on.
 
 from __future__ import annotations
 
-import base64
 import collections
 import hashlib
 import json
@@ -25,7 +24,7 @@ from typing import IO, Any
 
 from cvtool.core.files import open_regular
 from cvtool.core.options import PredictorOptions
-from cvtool.core.results import Record
+from cvtool.core.results import Record, record_path
 from cvtool.core.status import UsageError
 from cvtool.io.sources import Source
 from cvtool.io.writers import strict_json
@@ -54,17 +53,11 @@ def parse_shard(text: str | None) -> tuple[int, int] | None:
 
 def shard_of(path: str, count: int) -> int:
     """The 1-based shard of `path` among `count`."""
-    digest = hashlib.sha256(os.fsencode(path) if _encodable(path) else path.encode(
-        "utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % count + 1
-
-
-def _encodable(path: str) -> bool:
     try:
-        os.fsencode(path)
-        return True
-    except UnicodeEncodeError:
-        return False
+        raw = os.fsencode(path)
+    except UnicodeEncodeError:  # surrogates that stand for no byte (from JSON escapes)
+        raw = path.encode("utf-8", "surrogatepass")
+    return int.from_bytes(hashlib.sha256(raw).digest()[:8], "big") % count + 1
 
 
 def in_shard(sources: Iterable[Source], shard: tuple[int, int] | None) -> Iterator[Source]:
@@ -107,18 +100,16 @@ class RecordsFile:
     def _read_back(self) -> None:
         if not self.path.exists():
             return
-        lines = _complete_lines(self.path)
+        lines = _complete_lines(self.path, repair=True)
         # A position is written before its record: a kill between the two leaves one extra.
-        _complete_lines(self.positions_path, keep=len(lines))
+        _complete_lines(self.positions_path, keep=len(lines), repair=True)
         for number, line in enumerate(lines, 1):
             try:
                 record = json.loads(line)
-                path, ok = record["path"], bool(record["ok"])
+                path, ok = record_path(record), bool(record["ok"])
             except (ValueError, KeyError, TypeError):
                 raise UsageError(f"--resume: {self.path} line {number} is not a record; "
                                  "it was not written by cvtool") from None
-            if "path_bytes" in record:  # a path that is not UTF-8: its exact bytes
-                path = os.fsdecode(base64.b64decode(record["path_bytes"]))
             if path not in self.done:
                 self.done.add(path)
                 self.earlier["inputs"] += 1
@@ -149,9 +140,9 @@ class RecordsFile:
                 handle.close()
 
 
-def _complete_lines(path: Path, keep: int | None = None) -> list[str]:
-    """The file's complete lines (at most `keep`); what follows them (a line cut short by a
-    kill) is truncated away."""
+def _complete_lines(path: Path, keep: int | None = None, repair: bool = False) -> list[str]:
+    """The file's complete lines (at most `keep`); with `repair`, what follows them (a line cut
+    short by a kill) is truncated away."""
     if not path.exists():
         return []
     with open_regular(path) as file:
@@ -159,7 +150,7 @@ def _complete_lines(path: Path, keep: int | None = None) -> list[str]:
     lines = data.splitlines(keepends=True)
     lines = [line for line in lines if line.endswith(b"\n")][:keep]
     size = sum(map(len, lines))
-    if size != len(data):
+    if repair and size != len(data):
         with open(path, "r+b") as file:
             file.truncate(size)
     return [line.decode("utf-8", "replace") for line in lines]
@@ -206,8 +197,8 @@ class Run:
             raise UsageError(f"{directory} is not a cvtool run directory (no {RUN_JSON} and "
                              f"{RECORDS}); give directories written with -o")
         self.info = info
-        lines = _read_lines(self.directory / RECORDS)
-        positions = _read_lines(self.directory / POSITIONS)
+        lines = _complete_lines(self.directory / RECORDS)
+        positions = _complete_lines(self.directory / POSITIONS)
         if len(positions) != len(lines):
             raise UsageError(f"{directory}: {POSITIONS} has {len(positions)} lines for "
                              f"{len(lines)} records; finish the run with --resume first")
@@ -241,7 +232,7 @@ def merged(runs: list[Run]) -> list[dict[str, Any]]:
     ordered: list[tuple[int, int, dict[str, Any]]] = []
     for number, run in enumerate(runs):
         for position, record in run.records:
-            path = record.get("path_bytes", record.get("path"))
+            path = record_path(record)
             if path in owner:
                 raise UsageError(f"{record.get('path')} has records in both {owner[path]} and "
                                  f"{run.directory}; merge disjoint runs (shards of one run)")
@@ -250,9 +241,3 @@ def merged(runs: list[Run]) -> list[dict[str, Any]]:
     ordered.sort(key=lambda item: item[:2])
     return [record for _, _, record in ordered]
 
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.exists():
-        return []
-    with open_regular(path) as file:
-        return [line for line in file.read().decode("utf-8", "replace").splitlines() if line]
