@@ -136,6 +136,7 @@ def test_failure_budget_stops_and_says_what_was_left(tmp_path: Path) -> None:
     rest = cvtool("classify", *inputs, "-m", "digits-cnn", "--workers", "0", "-o",
                   tmp_path / "run", "--resume")
     assert len(rest.records()) == 4 and len(_lines(tmp_path / "run" / "records.jsonl")) == 7
+    assert rest.code == 1  # the whole run's status: its first part failed three inputs
 
 
 @pytest.mark.parametrize("quiet", [False, True])

@@ -89,6 +89,17 @@ def test_training_does_not_import_inference_tasks() -> None:
     assert leaks == []
 
 
+def test_only_the_ray_engine_imports_ray() -> None:
+    """Ray's API moves between releases: one module holds every use of it."""
+    importers = sorted(_module(path) for path in PACKAGE.rglob("*.py")
+                       if any(isinstance(node, (ast.Import, ast.ImportFrom)) and
+                              any(name == "ray" or name.startswith("ray.") for name in
+                                  ([a.name for a in node.names] if isinstance(node, ast.Import)
+                                   else [node.module or ""]))
+                              for node in ast.walk(ast.parse(path.read_text()))))
+    assert importers == ["cvtool.inference.ray_engine"]
+
+
 def _command(*names: str) -> click.Command:
     command = typer.main.get_command(__import__("cvtool.cli.app", fromlist=["app"]).app)
     for name in names:

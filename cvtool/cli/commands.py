@@ -31,21 +31,32 @@ def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) 
 def classify(env: Environment, sources: list[str], common: InferenceOptions,
              options: ClassifyOptions) -> int:
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
-    check_inputs(sources, common)
+    engine = check_inputs(sources, common)
     from cvtool.inference.predictors import Classifier
     from cvtool.io.writers import make_writer
 
     writer = make_writer(fmt, env.stdout, Classifier.task, env.no_color)
-    return _stream(env, sources, common, Classifier(options, warn=env.warn, offline=env.offline),
-                   writer, {"batch_size": options.batch_size, "topk": options.topk,
-                            "tta": options.tta})
+    predictor = Classifier(on_driver(options, engine), warn=env.warn, offline=env.offline)
+    return _stream(env, sources, common, predictor, writer,
+                   {"batch_size": options.batch_size, "topk": options.topk, "tta": options.tta},
+                   engine=engine, options=options)
+
+
+def on_driver(options: Any, engine: Any) -> Any:
+    """The predictor options this process builds with: as given, or, under --engine ray, on
+    the CPU (this process only checks the options and models; the actors run them)."""
+    import dataclasses
+
+    return options if engine is None else dataclasses.replace(options, device="cpu")
 
 
 def _stream(env: Environment, sources: list[str], common: InferenceOptions, predictor: Any,
             writer: Any, settings: dict[str, Any],
-            metrics: Callable[[], dict[str, Any]] | None = None) -> int:
+            metrics: Callable[[], dict[str, Any]] | None = None, *, engine: Any = None,
+            options: Any = None) -> int:
     """Every inference command's run: records streamed to `writer` (and to DIR/records.jsonl
-    under --output), the summary line, and run.json (with `metrics()`, when given, in it)."""
+    under --output), the summary line, and run.json (with `metrics()`, when given, in it).
+    Under --engine ray (`engine`), Ray's actors build their predictors from `options`."""
     from cvtool.inference import runs
     from cvtool.inference.runner import Tally, run_info, stream_records, write_run_json
     from cvtool.io.writers import TeeWriter
@@ -55,6 +66,9 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
     with predictor:
         settings = {**predictor.settings, **settings, "shard": list(shard) if shard else None,
                     "options": runs.deciding_options(predictor.options)}
+        if engine is not None:  # the actors' device, not this process's
+            settings.update(device=options.device, device_name=None, threads=options.threads,
+                            engine=engine.to_dict())
         listed = read_sources(env, sources, common.null)
         records_file = None
         if output is not None:
@@ -69,7 +83,8 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
         if common.max_failures is not None:
             writer = TeeWriter(writer, _PathsSeen(seen))
         tally = Tally()
-        stopped = stream_records(env, predictor.run(listed), writer, tally, common.max_failures)
+        stopped = stream_records(env, _records(env, predictor, listed, engine, options), writer,
+                                 tally, common.max_failures)
         if metrics is not None:
             settings["metrics"] = metrics()
         if output is not None:
@@ -87,7 +102,20 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
         again = "; --resume continues the run" if output is not None else ""
         env.log(f"stopped after {tally.failed} failed inputs (--max-failures "
                 f"{common.max_failures}): {left}{again}")
+    if records_file is not None and records_file.earlier["failed"]:
+        return ExitStatus.PARTIAL  # the whole run's status: an earlier part of it failed some
     return tally.status()
+
+
+def _records(env: Environment, predictor: Any, sources: Any, engine: Any,
+             options: Any) -> Any:
+    if engine is None:
+        return predictor.run(sources)
+    from cvtool.inference import ray_engine
+
+    evaluation = getattr(predictor, "evaluation", None)
+    return ray_engine.run(predictor.task, options, sources, engine, offline=env.offline,
+                          warn=env.warn, absorb=evaluation.absorb if evaluation else None)
 
 
 class _PathsSeen:
@@ -112,8 +140,9 @@ def _whole_run(earlier: dict[str, int], now: dict[str, Any]) -> dict[str, Any]:
             "this_run": now}
 
 
-def check_inputs(sources: list[str], common: InferenceOptions) -> None:
-    """What needs no model: inputs given, --max-pixels, --shard and --resume well formed."""
+def check_inputs(sources: list[str], common: InferenceOptions) -> Any:
+    """What needs no model: inputs given, --max-pixels, --shard and --resume well formed, and
+    the engine there; returns the Ray engine's options (None: the local engine)."""
     from cvtool.inference.runs import parse_shard
     from cvtool.io.decode import check_max_pixels
 
@@ -123,6 +152,12 @@ def check_inputs(sources: list[str], common: InferenceOptions) -> None:
     parse_shard(common.shard)
     if common.resume and common.output is None:
         raise UsageError("--resume needs --output DIR: the run to continue")
+    engine = common.ray()
+    if engine is not None:
+        from cvtool.inference.ray_engine import require_ray
+
+        require_ray()
+    return engine
 
 
 def read_sources(env: Environment, sources: list[str], null: bool) -> Any:
@@ -180,7 +215,7 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
            options: DetectOptions, *, gt: Path | None, evaluate: bool) -> int:
     """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
     fmt = resolve_format(env, common.format, DETECTION_FORMATS)
-    check_inputs(sources, common)
+    engine = check_inputs(sources, common)
     if evaluate and gt is None:
         raise UsageError("--eval needs --gt annotations.json to compare against")
     if options.save_crops and options.output is None:
@@ -191,13 +226,13 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
 
     ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
     kind = InstanceSegmenter if options.task == "segment-instance" else Detector
-    predictor = kind(options, warn=env.warn, offline=env.offline)
+    predictor = kind(on_driver(options, engine), warn=env.warn, offline=env.offline)
     writer, collector = _detection_writer(env, fmt, options.task, ground_truth, evaluate)
     settings = {"batch_size": options.batch_size, "conf": options.conf,
                 "classes": options.classes, "gt": gt and str(gt), "mask_threshold": MASK_THRESHOLD}
     return _stream(env, sources, common, predictor, writer, settings,
                    (lambda: _evaluate(env, options.task, ground_truth, collector)) if evaluate
-                   else None)
+                   else None, engine=engine, options=options)
 
 
 def _detection_writer(env: Environment, fmt: str, task: str, ground_truth: Any,
@@ -279,7 +314,7 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
                      options: SegmentOptions, *, evaluate: bool) -> int:
     """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
-    check_inputs(sources, common)
+    engine = check_inputs(sources, common)
     if evaluate and options.gt_masks is None:
         raise UsageError("--eval needs --gt-masks DIR to compare against")
     if options.gt_masks is not None and not evaluate:
@@ -287,12 +322,13 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     from cvtool.inference.predictors import SemanticSegmenter
     from cvtool.io.writers import make_writer
 
-    predictor = SemanticSegmenter(options, warn=env.warn, offline=env.offline)
+    predictor = SemanticSegmenter(on_driver(options, engine), warn=env.warn, offline=env.offline)
     writer = make_writer(fmt, env.stdout, predictor.task, env.no_color)
     settings = {"batch_size": options.batch_size, "gt_masks": options.gt_masks}
     evaluation = predictor.evaluation
     return _stream(env, sources, common, predictor, writer, settings,
-                   (lambda: evaluation.report(env.stderr)) if evaluation is not None else None)
+                   (lambda: evaluation.report(env.stderr)) if evaluation is not None else None,
+                   engine=engine, options=options)
 
 
 def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str | None,

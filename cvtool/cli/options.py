@@ -20,6 +20,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cvtool.core.options import PredictorOptions
+from cvtool.core.status import UsageError
 
 # The aliases every command shares.
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
@@ -34,7 +35,7 @@ OutputDir = Annotated[Optional[Path], typer.Option(
 @dataclass(kw_only=True)
 class InferenceOptions(PredictorOptions):
     """The options every inference command takes: the predictor's 9, how the command talks to
-    the terminal (4), and how a batch run is cut and continued (3)."""
+    the terminal (4), how a batch run is cut and continued (3), and where it runs (4)."""
 
     format: str | None = None  # table | jsonl | csv (| coco); None: table on a terminal
     null: bool = False  # paths on stdin are NUL-separated
@@ -45,6 +46,29 @@ class InferenceOptions(PredictorOptions):
     resume: bool = False
     shard: str | None = None
     max_failures: int | None = None
+    # Where the run's model runs: this process, or a Ray cluster's actors
+    # (cvtool/inference/ray_engine.py).
+    engine: str = "local"
+    actors: int = 1
+    gpus_per_actor: float = 0.0
+    ray_address: str | None = None
+
+    def ray(self) -> Any:
+        """The Ray engine's options (`RayOptions`), or None for the local engine."""
+        if self.engine not in ENGINES:
+            raise UsageError(f"invalid --engine {self.engine!r}; expected one of "
+                             f"{', '.join(ENGINES)}")
+        ray_only = [flag for flag, given in (("--actors", self.actors != 1),
+                                             ("--gpus-per-actor", self.gpus_per_actor != 0),
+                                             ("--ray-address", self.ray_address is not None))
+                    if given]
+        if self.engine == "local":
+            if ray_only:
+                raise UsageError(f"{', '.join(ray_only)} goes with --engine ray")
+            return None
+        from cvtool.inference.ray_engine import RayOptions
+
+        return RayOptions(self.ray_address, self.actors, self.gpus_per_actor)
 
     def predictor(self) -> dict[str, Any]:
         """The fields a predictor's options take."""
@@ -52,7 +76,7 @@ class InferenceOptions(PredictorOptions):
                 for item in dataclasses.fields(PredictorOptions)}
 
 
-# The same 13 for Typer, in the order --help lists them.
+# The same 20 for Typer, in the order --help lists them.
 INFERENCE_OPTIONS: dict[str, Any] = {
     "device": Device,
     "precision": Annotated[str, typer.Option(help="fp32 | bf16 | fp16")],
@@ -80,12 +104,20 @@ INFERENCE_OPTIONS: dict[str, Any] = {
                             "inputs, by a hash of each path.", show_default=False)],
     "max_failures": Annotated[Optional[int], typer.Option(
         min=1, help="Stop once this many inputs have failed (exit 1).", show_default=False)],
+    "engine": Annotated[str, typer.Option(
+        metavar="local|ray", help="Run the model here, or on Ray (pip install \"cvtool[ray]\").")],
+    "actors": Annotated[int, typer.Option(help="--engine ray: predictor actors.")],
+    "gpus_per_actor": Annotated[float, typer.Option(help="--engine ray: GPUs for each actor.")],
+    "ray_address": Annotated[Optional[str], typer.Option(
+        metavar="auto|HOST:PORT", help="--engine ray: the cluster to join  [default: "
+        "RAY_ADDRESS, else a new local Ray]", show_default=False)],
 }
+ENGINES = ("local", "ray")
 assert set(INFERENCE_OPTIONS) == {item.name for item in dataclasses.fields(InferenceOptions)}
 
 
 def inference_command(options_type: type[PredictorOptions]) -> Callable[[Callable], Callable]:
-    """Give a command the 13 shared options: the decorated function declares only its own
+    """Give a command the 20 shared options: the decorated function declares only its own
     parameters plus `common: InferenceOptions`; Typer sees them all, with the defaults of
     `InferenceOptions` (the batch size of `options_type`)."""
     defaults = {item.name: item.default for item in dataclasses.fields(InferenceOptions)}

@@ -174,24 +174,38 @@ class BatchLoop(Generic[T]):
         futures.put(_END)
 
     def _prepare_one(self, source: Source) -> Prepared[T]:
-        if source.error is not None:
-            return Prepared(source.path, error=source.error)
+        image, error = decode_source(source, self.max_pixels)
+        if error is not None:
+            return Prepared(source.path, error=error)
+        width, height = image.size
         try:
-            if source.image is not None:  # an in-memory image, array or tensor
-                image = from_memory(source.image, **self._decode_options())
-            else:
-                image = load_image(source.path, **self._decode_options())
-            width, height = image.size
-            kept = self.keep_images or self.writes is not None  # records or artifacts need it
-            return Prepared(source.path, width, height, inputs=self.prepare(image),
-                            image=image if kept else None)
+            inputs = self.prepare(image)
         except InputFailure as failure:
             return Prepared(source.path, error=failure.error)
         except Exception as exc:  # noqa: BLE001 - one odd input must not end the batch
-            return Prepared(source.path, error=InputError(type(exc).__name__, one_line(exc)))
+            return Prepared(source.path, error=_input_error(exc))
+        kept = self.keep_images or self.writes is not None  # records or artifacts need it
+        return Prepared(source.path, width, height, inputs=inputs, image=image if kept else None)
 
-    def _decode_options(self) -> dict[str, int]:
-        return {} if self.max_pixels is None else {"max_pixels": self.max_pixels}
+
+def decode_source(source: Source, max_pixels: int | None) -> tuple[Any, InputError | None]:
+    """The source's RGB image, or why there is none. One odd input never raises here; the
+    Ray engine's decoding tasks call this too."""
+    if source.error is not None:
+        return None, source.error
+    options = {} if max_pixels is None else {"max_pixels": max_pixels}
+    try:
+        if source.image is not None:  # an in-memory image, array or tensor
+            return from_memory(source.image, **options), None
+        return load_image(source.path, **options), None
+    except InputFailure as failure:
+        return None, failure.error
+    except Exception as exc:  # noqa: BLE001 - one odd input must not end the batch
+        return None, _input_error(exc)
+
+
+def _input_error(exc: Exception) -> InputError:
+    return InputError(type(exc).__name__, one_line(exc))
 
 
 def infer_in_halves(infer: Callable, ready: list[Prepared]) -> list[dict[str, Any] | InputError]:

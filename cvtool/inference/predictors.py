@@ -46,7 +46,9 @@ class Predictor:
     options_type: ClassVar[type[PredictorOptions]]
 
     def __init__(self, options: PredictorOptions | None = None, /, *, warn: Warn | None = None,
-                 offline: bool | None = None, **kwargs: Any) -> None:
+                 offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
+        """`own_output=False`: another process holds the output directory's lock (the Ray
+        engine's driver, for its actors) and this one writes artifacts into it."""
         if options is None:
             options = self.options_type(**kwargs)
         elif kwargs:
@@ -62,7 +64,7 @@ class Predictor:
         self.offline = offline_from_environment() if offline is None else offline
         self.resources = ExitStack()  # the output directory's lock, held until close()
         check_max_pixels(options.max_pixels)
-        if options.output_dir is not None:
+        if options.output_dir is not None and own_output:
             from cvtool.core.ownership import claim_directory
 
             self.resources.enter_context(claim_directory(options.output_dir, "--output"))
@@ -130,12 +132,12 @@ class Detector(Predictor):
     options_type = DetectOptions
 
     def __init__(self, options: DetectOptions | None = None, /, *, warn: Warn | None = None,
-                 offline: bool | None = None, **kwargs: Any) -> None:
+                 offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
         if options is None:
             kwargs.setdefault("task", self.task)
         if (options.task if options is not None else kwargs["task"]) != self.task:
             raise TypeError(f"{type(self).__name__} runs task {self.task!r}")
-        super().__init__(options, warn=warn, offline=offline, **kwargs)
+        super().__init__(options, warn=warn, offline=offline, own_output=own_output, **kwargs)
 
     def _build(self) -> tuple[Any, Any]:
         from cvtool.inference import detect
@@ -147,6 +149,9 @@ class InstanceSegmenter(Detector):
     """Detections with a COCO RLE mask each (`detection.mask` decodes it)."""
 
     task = "segment-instance"
+
+
+PREDICTORS: dict[str, type[Predictor]] = {}  # by task, filled below
 
 
 class SemanticSegmenter(Predictor):
@@ -166,6 +171,10 @@ class SemanticSegmenter(Predictor):
         # The labels too (a few dozen at most): `cvtool merge --eval` scores classes by them.
         return [{**model_info(self.loaded), "encoder": self.loaded.encoder,
                  "categories": list(self.loaded.categories)}]
+
+
+PREDICTORS.update({kind.task: kind for kind in (Classifier, Detector, InstanceSegmenter,
+                                                SemanticSegmenter)})
 
 
 def model_info(loaded: Any) -> dict[str, Any]:

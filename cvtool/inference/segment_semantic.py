@@ -63,6 +63,18 @@ class Evaluation:
         self.images += 1
         return None
 
+    def take(self) -> dict[str, Any]:
+        """What was added since the last take, as plain data, and reset (a Ray actor's
+        share of the evaluation, for the driver's `absorb`)."""
+        taken = {"images": self.images, "counts": self.matrix.counts.tolist()}
+        self.matrix = ConfusionMatrix(len(self.categories))
+        self.images = 0
+        return taken
+
+    def absorb(self, taken: dict[str, Any]) -> None:
+        self.matrix.counts += np.asarray(taken["counts"], dtype=np.int64)
+        self.images += int(taken["images"])
+
     def report(self, stream: IO[str]) -> dict[str, Any]:
         """The metrics for run.json, also printed to `stream` as a small table."""
         metrics = {"images": self.images, "ignore_index": self.ignore_index,

@@ -1,0 +1,145 @@
+"""`--engine ray` on a real local Ray (2 CPUs, a capped object store, no dashboard), one per
+module: for every inference task, the Ray engine's records, error records, artifacts, metrics
+and warnings equal the local engine's; --shard, --max-failures and --resume compose with it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+
+from cvtool.inference.runs import shard_of
+from tests.clirun import ROOT, cvtool, same
+
+DIGITS = sorted((ROOT / "sample_images" / "digits").glob("*.png"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, object_store_memory=96 * 2**20, include_dashboard=False,
+             log_to_driver=False, logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six shapes scenes with COCO and mask ground truth; one scene's mask removed (a warning),
+    and beside the images a file that is not an image."""
+    data = tmp_path_factory.mktemp("shapes") / "data"
+    result = cvtool("data", "shapes", data, "--num", "0", "--val-num", "6", "--seed", "5", "-q")
+    assert result.code == 0, result.stderr
+    masks = sorted((data / "val" / "masks").iterdir())
+    masks[-1].unlink()
+    return data
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and p.name not in ("run.json", ".cvtool-owner"))
+
+
+def _in(result, output: Path) -> list[dict]:
+    """The records with their -o directory (in artifact paths) written as OUT."""
+    return json.loads(json.dumps(result.records()).replace(str(output), "OUT"))
+
+
+def _warnings(stderr: str) -> list[str]:
+    return sorted(line for line in stderr.splitlines() if line.startswith("warning:"))
+
+
+TASKS = {
+    "classify": lambda data: (["-m", "digits-cnn", "--topk", "3"], DIGITS[:6]),
+    "detect": lambda data: (["-m", "shapes-maskrcnn", "--gt",
+                             data / "annotations" / "val.json", "--eval"],
+                            sorted((data / "images" / "val").glob("*.png"))),
+    "segment-instance": lambda data: (["-m", "shapes-maskrcnn"],
+                                      sorted((data / "images" / "val").glob("*.png"))),
+    "segment-semantic": lambda data: (["-m", "shapes-unet", "--gt-masks", data / "val" / "masks",
+                                       "--eval"],
+                                      sorted((data / "val" / "images").glob("*.png"))),
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_ray_engine_equals_the_local_engine(task: str, scenes: Path, tmp_path: Path) -> None:
+    options, images = TASKS[task](scenes)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    inputs = [*images[:3], bad, tmp_path / "missing.png", *images[3:]]
+    runs = {}
+    for engine in ("local", "ray"):
+        out = tmp_path / engine
+        runs[engine] = cvtool(task, *inputs, *options, "--device", "cpu", "-b", "2", "-o", out,
+                              "--format", "jsonl", "--engine", engine)
+        assert runs[engine].code == 1, runs[engine].stderr  # the two bad inputs
+    local, distributed = _in(runs["local"], tmp_path / "local"), _in(runs["ray"], tmp_path / "ray")
+    assert len(distributed) == len(inputs)
+    assert [r["path"] for r in distributed] == [str(p) for p in inputs]
+    assert same(distributed, local)
+    errors = [r["error"]["type"] for r in distributed if not r["ok"]]
+    assert errors == [r["error"]["type"] for r in local if not r["ok"]]
+    assert len(errors) == 2
+    assert _lines(tmp_path / "ray" / "records.jsonl") == runs["ray"].records()
+    assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # artifacts, by the actors
+    info = {e: json.loads((tmp_path / e / "run.json").read_text()) for e in runs}
+    assert info["ray"]["engine"]["name"] == "ray" and info["ray"]["counts"]["inputs"] == 8
+    if "metrics" in info["local"]:
+        assert same(info["ray"]["metrics"], info["local"]["metrics"])
+    assert _warnings(runs["ray"].stderr) == _warnings(runs["local"].stderr)
+    if task == "segment-semantic":  # the missing mask, warned of in an actor
+        assert any("has no mask" in line for line in _warnings(runs["ray"].stderr))
+
+
+def test_shard_failure_budget_and_resume_compose_with_ray(tmp_path: Path) -> None:
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    for path in DIGITS[:10]:
+        shutil.copy(path, folder / path.name)
+    broken = next(folder / f"broken_{n}.png" for n in range(100)
+                  if shard_of(str(folder / f"broken_{n}.png"), 2) == 1)  # in the shard run
+    broken.write_bytes(b"not an image")
+    common = ["-m", "digits-cnn", "--device", "cpu", "-b", "2", "--shard", "1/2"]
+    local = cvtool("classify", folder, *common, "-o", tmp_path / "local")
+    out = tmp_path / "ray"
+    stopped = cvtool("classify", folder, *common, "--engine", "ray", "--max-failures", "1",
+                     "-o", out)
+    assert stopped.code == 1 and "--max-failures 1" in stopped.stderr
+    assert len(_lines(out / "records.jsonl")) < len(local.records())
+    resumed = cvtool("classify", folder, *common, "--engine", "ray", "-o", out, "--resume")
+    assert resumed.code == 1, resumed.stderr
+    records = _lines(out / "records.jsonl")
+    assert sorted(r["path"] for r in records) == sorted(r["path"] for r in local.records())
+    by_path = {r["path"]: r for r in local.records()}
+    assert all(same(r, by_path[r["path"]]) for r in records)
+    info = json.loads((out / "run.json").read_text())
+    assert info["counts"]["inputs"] == len(local.records()) and info["complete"] is True
+
+
+def test_ray_options_go_with_the_ray_engine() -> None:
+    result = cvtool("classify", *DIGITS[:1], "-m", "digits-cnn", "--actors", "2")
+    assert result.code == 2 and "--actors goes with --engine ray" in result.stderr
+    result = cvtool("classify", *DIGITS[:1], "-m", "digits-cnn", "--engine", "spark")
+    assert result.code == 2 and "local, ray" in result.stderr
+
+
+def test_without_ray_the_ray_engine_is_exit_3_naming_the_install() -> None:
+    # A Python where `import ray` fails, as it does where the extra is not installed.
+    code = ("import sys; sys.modules['ray'] = None; from cvtool.cli.app import main; "
+            "sys.argv = ['cvtool', *sys.argv[1:]]; main()")
+    done = subprocess.run([sys.executable, "-c", code, "classify", str(DIGITS[0]), "-m",
+                           "digits-cnn", "--engine", "ray"], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)
+    assert done.returncode == 3, done.stderr
+    assert 'pip install "cvtool[ray]"' in done.stderr
+    assert "Traceback" not in done.stderr and done.stdout == ""
