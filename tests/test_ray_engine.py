@@ -116,7 +116,9 @@ def test_shard_failure_budget_and_resume_compose_with_ray(tmp_path: Path) -> Non
                      "-o", out)
     assert stopped.code == 1 and "--max-failures 1" in stopped.stderr
     assert len(_lines(out / "records.jsonl")) < len(local.records())
-    resumed = cvtool("classify", folder, *common, "--engine", "ray", "-o", out, "--resume")
+    # Two actors on a 2-CPU Ray: they take less than a CPU each, so decoding still runs.
+    resumed = cvtool("classify", folder, *common, "--engine", "ray", "--actors", "2", "-o", out,
+                     "--resume")
     assert resumed.code == 1, resumed.stderr
     records = _lines(out / "records.jsonl")
     assert sorted(r["path"] for r in records) == sorted(r["path"] for r in local.records())
@@ -143,3 +145,16 @@ def test_without_ray_the_ray_engine_is_exit_3_naming_the_install() -> None:
     assert done.returncode == 3, done.stderr
     assert 'pip install "cvtool[ray]"' in done.stderr
     assert "Traceback" not in done.stderr and done.stdout == ""
+
+
+def test_an_actor_that_cannot_start_is_its_own_one_line_error(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("needs a machine without CUDA: the actors' --device cuda must fail")
+    result = cvtool("classify", *DIGITS[:3], "-m", "digits-cnn", "--engine", "ray", "--device",
+                    "cuda", "-o", tmp_path / "run")
+    assert result.code == 3, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        "error: --engine ray: --device cuda: no CUDA device is present on this machine"]
+    assert result.stdout == ""

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ import numpy as np
 
 from cvtool.core.options import PredictorOptions
 from cvtool.core.results import InputError, Record, one_line, record_from_dict
-from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.core.status import CvtoolError, ResourceUnavailable, UsageError
 from cvtool.io.sources import Source
 from cvtool.io.writers import strict_json
 
@@ -134,9 +135,10 @@ def _connect(ray: Any, address: str | None) -> bool:
 
 
 def _quiet_logs() -> None:
-    """Ray Data's INFO lines (dataset started, finished) would drown cvtool's own on stderr."""
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """Ray's INFO lines (dataset started, finished) would drown cvtool's own on stderr."""
+    logging.getLogger("ray").setLevel(logging.ERROR)
+    # Its ERROR lines too: a failed run's cause reaches stderr as cvtool's one-line error.
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
 
 
 @contextlib.contextmanager
@@ -163,10 +165,17 @@ def _dataset(ray: Any, rows: list[dict[str, Any]], task: str, options: Predictor
             PredictorActor, batch_size=options.batch_size, batch_format="numpy",
             fn_constructor_kwargs={"task": task, "options": options.to_dict(),
                                    "offline": offline},
-            num_cpus=1, num_gpus=engine.gpus_per_actor or None,
+            num_cpus=_actor_cpus(ray, engine.actors), num_gpus=engine.gpus_per_actor or None,
             # An actor that dies fails the run (the records so far are kept; --resume goes on)
             # instead of being restarted over arguments Ray may have dropped (ray#53727).
             max_restarts=0, **pool)
+
+
+def _actor_cpus(ray: Any, actors: int) -> float:
+    """One CPU an actor, less where the actors would leave none for decoding: actors hold
+    their CPUs for the whole run, and decoding tasks that cannot start stall it for good."""
+    cpus = float(ray.cluster_resources().get("CPU", 1.0))
+    return max(0.05, min(1.0, (cpus - DECODE_CPUS) / actors))
 
 
 def _actor_pool(ray: Any, size: int) -> dict[str, Any]:
@@ -179,8 +188,9 @@ def _actor_pool(ray: Any, size: int) -> dict[str, Any]:
 
 
 def _batches(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:
-    """The actors' output batches; a failure of Ray itself (an actor that could not start, a
-    lost node) is a ResourceUnavailable with the cause's first line."""
+    """The actors' output batches. An actor's own CvtoolError (a device it lacks, weights it
+    cannot read) comes out as itself; a failure of Ray (an actor that died or cannot be placed,
+    a lost node) as a ResourceUnavailable with its first line; anything else is a bug."""
     iterator = iter(dataset.iter_batches(batch_size=None, batch_format="numpy"))
     while True:
         try:
@@ -188,20 +198,49 @@ def _batches(ray: Any, dataset: Any) -> Iterator[dict[str, Any]]:
                 batch = next(iterator)
         except StopIteration:
             return
-        except ray.exceptions.RayError as error:
-            raise ResourceUnavailable(f"--engine ray: {_cause(error)}") from None
+        except Exception as error:
+            causes = _causes(error)
+            own = next((c for c in causes if isinstance(c, CvtoolError)), None) or \
+                _reported_error(causes)
+            if own is not None:
+                raise type(own)(f"--engine ray: {own.message}") from None
+            ray_failures = [c for c in causes if isinstance(c, ray.exceptions.RayError) and
+                            not isinstance(c, ray.exceptions.RayTaskError)]
+            if ray_failures:
+                raise ResourceUnavailable(f"--engine ray: {_last_line(ray_failures[0])}") \
+                    from None
+            raise
         yield batch
 
 
-def _cause(error: BaseException) -> str:
-    """The innermost error's own message: Ray wraps it with tracebacks of every hop."""
-    cause = getattr(error, "cause", None)
-    while isinstance(getattr(cause, "cause", None), BaseException):
-        cause = cause.cause
-    if isinstance(cause, BaseException):
-        message = getattr(cause, "message", None) or str(cause)
-        return f"{one_line(message)}" if hasattr(cause, "message") else \
-            f"{type(cause).__name__}: {one_line(message)}"
+def _causes(error: BaseException) -> list[BaseException]:
+    """`error` and what it wraps, outermost first: Ray wraps a worker's error with every hop
+    (`cause`, `__cause__`)."""
+    chain: list[BaseException] = []
+    while isinstance(error, BaseException) and error not in chain:
+        chain.append(error)
+        error = getattr(error, "cause", None) or error.__cause__
+    return chain
+
+
+def _reported_error(causes: list[BaseException]) -> CvtoolError | None:
+    """A CvtoolError an actor raised while it was being built: Ray passes it on only as the
+    text of its traceback (`ActorDiedError.error_msg`), whose last line names it."""
+    from cvtool.core import status
+
+    for cause in causes:
+        for line in reversed(str(getattr(cause, "error_msg", "") or "").splitlines()):
+            found = _ERROR_LINE.match(line.strip())
+            kind = getattr(status, found.group(1), None) if found else None
+            if isinstance(kind, type) and issubclass(kind, CvtoolError):
+                return kind(found.group(2))
+    return None
+
+
+_ERROR_LINE = re.compile(r"^cvtool\.core\.status\.(\w+): (.+)$")
+
+
+def _last_line(error: BaseException) -> str:
     lines = [line for line in str(error).splitlines() if line.strip()]
     return one_line(lines[-1] if lines else type(error).__name__)
 
