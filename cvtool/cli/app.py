@@ -300,6 +300,7 @@ def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> in
     env = env or Environment(debug=os.environ.get("CVTOOL_DEBUG", "") not in ("", "0"))
     argv = sys.argv[1:] if argv is None else argv
     env.debug = env.debug or "--debug" in argv
+    env.argv = list(argv)
     command = typer.main.get_command(app)
     try:
         with activated(env), _warnings_as_lines(env):

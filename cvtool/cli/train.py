@@ -7,6 +7,7 @@ an existing non-empty run directory without --resume or --force); 3 device absen
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -65,6 +66,11 @@ TrainWorkers = Annotated[int, typer.Option(
 Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast).")]
 Compile = Annotated[bool, typer.Option(help="torch.compile the training forward.")]
 Sanity = Annotated[bool, typer.Option(help="Also overfit a tiny subset before training.")]
+SyncBn = Annotated[bool, typer.Option(
+    "--sync-bn", help="Under torchrun: batch norm over the global batch (SyncBatchNorm).")]
+NProcPerNode = Annotated[int, typer.Option(
+    min=1, help="Train on N processes of this machine: launches torchrun for you (one per "
+                "GPU, or N CPU ranks with gloo).")]
 K = Annotated[str, typer.Option("--k", help="knn: k, or auto (cross-validated).")]
 Distance = Annotated[str, typer.Option(help="knn: l1 | l2 | auto (cross-validated).")]
 Folds = Annotated[int, typer.Option(help="knn: cross-validation folds.")]
@@ -72,12 +78,29 @@ Folds = Annotated[int, typer.Option(help="knn: cross-validation folds.")]
 
 def _launch(runner: str, make_config: Callable[[], Any], data: str | None, output: Path | None,
             resume: Path | None, force: bool, device: str, threads: int | None, quiet: bool,
-            debug: bool, epochs: int | None = None) -> None:
+            debug: bool, epochs: int | None = None, nproc_per_node: int = 1) -> None:
     """Every `train TASK`: a new run needs --data and --output (its settings from the options);
     --resume RUN_DIR takes every setting from RUN_DIR/config.json, except that --epochs may
     extend it. `runner` ("module:function") is imported only now, so --help and option errors
-    never import torch."""
-    env = current(quiet, debug)
+    never import torch. `--nproc-per-node N` > 1 runs this same command under torchrun.
+
+    Under torchrun, ranks other than 0 log nothing and print no summary; after an elastic
+    restart (torchrun --max-restarts), a run directory that holds a started run is resumed."""
+    rank = _torchrun_rank()
+    env = current(quiet or rank > 0, debug)
+    env.mute_warnings = rank > 0
+    if nproc_per_node > 1:
+        if rank >= 0:
+            raise UsageError("--nproc-per-node launches torchrun; under torchrun, leave it out")
+        batch = make_config().batch_size if resume is None and data is not None else None
+        if batch is not None and batch % nproc_per_node:
+            raise UsageError(f"--batch-size {batch} does not split across {nproc_per_node} "
+                             f"ranks; give a multiple of {nproc_per_node} (it is the global "
+                             "batch)")
+        finish(_torchrun, env, nproc_per_node)
+    if resume is None and output is not None and _restarted() and \
+            (Path(output) / "config.json").exists():
+        resume, output = output, None  # torchrun restarted the group: continue, do not refuse
     if resume is not None:
         run_dir, config = resume, ({"epochs": epochs} if epochs is not None else None)
     elif data is None or output is None:
@@ -89,14 +112,64 @@ def _launch(runner: str, make_config: Callable[[], Any], data: str | None, outpu
 
 
 def _train_and_print(env: Environment, runner: str, *args: Any) -> int:
-    """Run the trainer, then print its summary (metrics.json's content) as one JSON line."""
+    """Run the trainer, then print its summary (metrics.json's content) as one JSON line
+    (rank 0's, under torchrun)."""
     from cvtool.io.writers import strict_json
 
     module, function = runner.split(":")
     summary = getattr(importlib.import_module(module), function)(env, *args)
-    env.stdout.write(strict_json(summary) + "\n")
-    env.stdout.flush()
+    if _torchrun_rank() <= 0:
+        env.stdout.write(strict_json(summary) + "\n")
+        env.stdout.flush()
+    if _torchrun_rank() >= 0:
+        from cvtool.train import distributed
+
+        distributed.barrier()
+        distributed.stop()
     return ExitStatus.SUCCESS
+
+
+def _torchrun_rank() -> int:
+    """This process's RANK under torchrun (or any launcher that sets WORLD_SIZE), else -1."""
+    if os.environ.get("WORLD_SIZE", "") in ("", "1"):
+        return -1
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0  # distributed.start() says what is wrong with it
+
+
+def _restarted() -> bool:
+    return _torchrun_rank() >= 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in (
+        "", "0")
+
+
+def _torchrun(env: Environment, processes: int) -> int:
+    """`torchrun --standalone --nproc_per_node N -m cvtool ARGS` (a free port on this machine),
+    ARGS being this command's own without --nproc-per-node; its exit status is ours."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={processes}", "-m", "cvtool", *_without_nproc(env.argv)]
+    env.log(f"launching {processes} ranks: torchrun --standalone --nproc_per_node={processes} "
+            "-m cvtool ...")
+    # torchrun would set 1 (and say so); CPU ranks share the machine's cores instead.
+    threads = str(max(1, (os.cpu_count() or 1) // processes))
+    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+    return subprocess.run(command, stdin=subprocess.DEVNULL, env=environment).returncode
+
+
+def _without_nproc(args: list[str]) -> list[str]:
+    kept, skip = [], False
+    for arg in args:
+        if skip:
+            skip = False
+        elif arg == "--nproc-per-node":
+            skip = True
+        elif not arg.startswith("--nproc-per-node="):
+            kept.append(arg)
+    return kept
 
 
 @train_app.command("classify")
@@ -111,6 +184,7 @@ def classify(
     seed: Seed = 0, workers: TrainWorkers = 2, device: Device = "auto",
     precision: Precision = "fp32", compile: Compile = False, sanity: Sanity = False, k: K = "auto",
     distance: Distance = "auto", folds: Folds = 5, threads: Threads = None,
+    sync_bn: SyncBn = False, nproc_per_node: NProcPerNode = 1,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Train an image classifier: k-NN, linear SVM/softmax, MLP, CNN or a torchvision net."""
@@ -122,8 +196,8 @@ def classify(
         optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
         epochs=epochs or 10, batch_size=batch_size, augment=augment, val_split=val_split,
         image_size=image_size, seed=seed, workers=workers, precision=precision, compile=compile,
-        sanity=sanity, k=k, distance=distance, folds=folds),
-        data, output, resume, force, device, threads, quiet, debug, epochs)
+        sanity=sanity, k=k, distance=distance, folds=folds, sync_bn=sync_bn),
+        data, output, resume, force, device, threads, quiet, debug, epochs, nproc_per_node)
 
 
 CocoData = Annotated[Optional[str], typer.Option(
@@ -162,8 +236,8 @@ def _detection_command(task: str, summary: str) -> Callable[..., None]:
         schedule: DetectorSchedule = "cosine", warmup: Warmup = 100, epochs: Epochs = None,
         batch_size: DetectorBatch = 8, augment: DetectorAugment = True, vflip: VFlip = False,
         seed: Seed = 0, workers: TrainWorkers = 2, device: Device = "auto",
-        precision: Precision = "fp32", threads: Threads = None, quiet: Quiet = False,
-        debug: Debug = False,
+        precision: Precision = "fp32", threads: Threads = None, sync_bn: SyncBn = False,
+        nproc_per_node: NProcPerNode = 1, quiet: Quiet = False, debug: Debug = False,
     ) -> None:
         from cvtool.train.config import DetectionConfig
 
@@ -172,8 +246,8 @@ def _detection_command(task: str, summary: str) -> Callable[..., None]:
             min_size=min_size, max_size=max_size, optimizer=optimizer, lr=lr,
             weight_decay=weight_decay, schedule=schedule, warmup=warmup,
             epochs=epochs or 12, batch_size=batch_size, augment=augment, vflip=vflip,
-            seed=seed, workers=workers, precision=precision),
-            data, output, resume, force, device, threads, quiet, debug, epochs)
+            seed=seed, workers=workers, precision=precision, sync_bn=sync_bn),
+            data, output, resume, force, device, threads, quiet, debug, epochs, nproc_per_node)
 
     command.__doc__ = summary
     return command
@@ -219,7 +293,8 @@ def segment_semantic(
     batch_size: DetectorBatch = 16, augment: SemanticAugment = True, vflip: VFlip = False,
     image_size: SemanticImageSize = None, seed: Seed = 0, workers: TrainWorkers = 2,
     device: Device = "auto", precision: Precision = "fp32", threads: Threads = None,
-    quiet: Quiet = False, debug: Debug = False,
+    sync_bn: SyncBn = False, nproc_per_node: NProcPerNode = 1, quiet: Quiet = False,
+    debug: Debug = False,
 ) -> None:
     """Train a semantic segmenter on image/mask folders, scored by mIoU each epoch."""
     from cvtool.train.config import SemanticConfig
@@ -229,8 +304,8 @@ def segment_semantic(
         decoder_channels=_widths(decoder_channels), weights=weights, loss=loss,
         optimizer=optimizer, lr=lr, weight_decay=weight_decay, schedule=schedule,
         warmup=warmup, epochs=epochs or 20, batch_size=batch_size, augment=augment, vflip=vflip,
-        image_size=image_size, seed=seed, workers=workers, precision=precision),
-        data, output, resume, force, device, threads, quiet, debug, epochs)
+        image_size=image_size, seed=seed, workers=workers, precision=precision, sync_bn=sync_bn),
+        data, output, resume, force, device, threads, quiet, debug, epochs, nproc_per_node)
 
 
 def _widths(value: str | None) -> list[int] | None:

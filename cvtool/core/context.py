@@ -27,6 +27,8 @@ class Environment:
     stdout: IO[str] = field(default_factory=lambda: sys.stdout)
     stderr: IO[str] = field(default_factory=lambda: sys.stderr)
     quiet: bool = False
+    mute_warnings: bool = False  # a training rank other than 0: rank 0 says it once
+    argv: list[str] = field(default_factory=list)  # the command line's arguments, as run
     debug: bool = False
     # What the run holds until it ends (output directory locks), released by `activated`.
     resources: ExitStack = field(default_factory=ExitStack)
@@ -60,6 +62,8 @@ class Environment:
             self.console.print(message, markup=False)
 
     def warn(self, message: str) -> None:
+        if self.mute_warnings:
+            return
         self.console.print(f"warning: {message}", markup=False, style="yellow")
 
     def own_directory(self, path: Path, what: str) -> None:

@@ -108,9 +108,11 @@ def fold_batch_norm(module: nn.Module) -> nn.Module:
             continue
         for index in range(1, len(block)):
             layer, norm = block[index - 1], block[index]
-            if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+            # Any batch norm: also the synchronised ones distributed training converts to.
+            if isinstance(layer, nn.Conv2d) and isinstance(norm, nn.modules.batchnorm._BatchNorm):
                 block[index - 1] = fuse_conv_bn_eval(layer, norm)
-            elif isinstance(layer, nn.Linear) and isinstance(norm, nn.BatchNorm1d):
+            elif isinstance(layer, nn.Linear) and isinstance(norm,
+                                                             nn.modules.batchnorm._BatchNorm):
                 block[index - 1] = fuse_linear_bn_eval(layer, norm)
             else:
                 continue

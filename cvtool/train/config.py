@@ -52,6 +52,7 @@ class ClassifyConfig:
     seed: int = 0
     workers: int = 2  # DataLoader worker processes decoding image files
     precision: str = "fp32"
+    sync_bn: bool = False  # torchrun: batch norm over the global batch
     compile: bool = False
     sanity: bool = False
     k: str = "auto"  # knn
@@ -161,6 +162,7 @@ class DetectionConfig:
     seed: int = 0
     workers: int = 2  # DataLoader worker processes decoding image files
     precision: str = "fp32"
+    sync_bn: bool = False  # torchrun: batch norm over the global batch
 
     def __post_init__(self) -> None:
         _require(0 <= self.workers <= MAX_WORKERS, f"--workers must be 0 to {MAX_WORKERS}")
@@ -225,6 +227,7 @@ class SemanticConfig:
     seed: int = 0
     workers: int = 2  # DataLoader worker processes decoding image files
     precision: str = "fp32"
+    sync_bn: bool = False  # torchrun: batch norm over the global batch
 
     def __post_init__(self) -> None:
         _require(0 <= self.workers <= MAX_WORKERS, f"--workers must be 0 to {MAX_WORKERS}")

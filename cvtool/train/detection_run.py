@@ -106,7 +106,7 @@ class DetectionTrainer(EpochTrainer):
             optimizer=config.optimizer, lr=config.resolved_lr, weight_decay=config.weight_decay,
             schedule=config.schedule, warmup=config.warmup, epochs=config.epochs,
             batch_size=config.batch_size, seed=config.seed, precision=config.precision,
-            workers=config.workers)
+            workers=config.workers, sync_bn=config.sync_bn)
         train_set = CocoDataset(data.train, config.masks, config.augment, config.vflip)
         super().__init__(model, settings, device, train_set, collate)
         self.data, self.masks = data, config.masks
@@ -121,7 +121,7 @@ class DetectionTrainer(EpochTrainer):
         images = [image.to(self.device) for image in batch[0]]
         targets = [{key: value.to(self.device) for key, value in target.items()}
                    for target in batch[1]]
-        parts = self.model(images, targets)
+        parts = self.train_module(images, targets)
         return {"loss": sum(part.float() for part in parts.values()), **parts}
 
     @torch.no_grad()

@@ -27,6 +27,7 @@ from torch import nn
 
 from cvtool.core.context import Environment
 from cvtool.core.device import autocast, seed_everything
+from cvtool.core.status import UsageError
 from cvtool.data.classification import DIGITS, digits_split, read_image_folder
 from cvtool.generative import gan, pixelcnn, vae
 from cvtool.generative.checkpoint import BUILDERS, describe
@@ -59,6 +60,12 @@ class Images(torch.utils.data.Dataset):
 def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Path,
                    resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
     """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
+    from cvtool.train.distributed import from_environment
+
+    if from_environment().distributed:
+        raise UsageError("train generate runs in one process: its models are trained through "
+                         "their own methods (encode, sample, two players), not one forward "
+                         "DDP can wrap; run it without torchrun")
     config, target = start_run(env, run_dir, resume, force, config, GenerateConfig, device, threads)
     train, val, description = load_images(config)
     seed_everything(config.seed)

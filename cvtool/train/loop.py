@@ -18,6 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from cvtool.core.device import autocast
 from cvtool.core.status import UsageError
+from cvtool.train import distributed
+from cvtool.train.distributed import WORLD
 from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty, warmup_factor
 from cvtool.train.state import TrainingState
 
@@ -73,6 +75,7 @@ class IterationSettings:
     seed: int = 0
     precision: str = "fp32"
     workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    sync_bn: bool = False  # under torchrun: batch norm over the global batch
 
 
 def data_loader(dataset: Dataset, settings: IterationSettings, **kwargs: Any) -> DataLoader:
@@ -111,12 +114,19 @@ class EpochTrainer:
 
     def __init__(self, model: nn.Module, settings: IterationSettings, device: torch.device,
                  train_set: Dataset, collate_fn: Callable | None = None) -> None:
-        self.model, self.settings, self.device = model.to(device), settings, device
+        model = model.to(device)
+        if WORLD.distributed and settings.sync_bn:
+            model = distributed.convert_sync_batch_norm(model, device)
+        self.model, self.settings, self.device = model, settings, device
         self.train_set, self.collate_fn = train_set, collate_fn
         trainable = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(settings.optimizer, trainable, settings.lr,
                                         settings.weight_decay)
         self.scaler = grad_scaler(device, settings.precision)
+        # What `losses` runs the training forward through: under torchrun, DDP over the model
+        # (gradients averaged across ranks); `model` itself is what is evaluated and saved.
+        self.train_module = (distributed.replicate(model, device) if WORLD.distributed
+                             else model)
 
     def losses(self, batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -126,18 +136,20 @@ class EpochTrainer:
 
     def fit(self, state: TrainingState, epoch_done: EpochDone,
             batch_done: Callable[[], None] = lambda: None) -> TrainingState:
+        """Train the remaining epochs. Under torchrun, rank 0 alone evaluates (the whole val
+        set, once) and commits each epoch; every rank gets its figures, so all decide alike."""
         for epoch in range(state.epoch + 1, self.settings.epochs + 1):
             started = time.perf_counter()
             self.epoch = epoch  # evaluate() may name files after it
             losses = self._train_epoch(epoch, batch_done)
-            figures = self.evaluate(self.model)
+            figures = distributed.on_main(lambda: self.evaluate(self.model))
             improved = state.best_epoch == 0 or figures[self.score_key] > state.best_score
             if improved:
                 state.best_epoch, state.best_score = epoch, figures[self.score_key]
             state.epoch = epoch
             state.history.append({"epoch": epoch, **losses, **figures,
                                   "seconds": round(time.perf_counter() - started, 3)})
-            epoch_done(state, improved)
+            distributed.on_main(lambda: epoch_done(state, improved))
         return state
 
     def step(self, batch: Any) -> dict[str, float]:
@@ -151,9 +163,15 @@ class EpochTrainer:
 
     def _train_epoch(self, epoch: int, batch_done: Callable[[], None]) -> dict[str, float]:
         settings = self.settings
-        generator = torch.Generator().manual_seed(settings.seed * 100_003 + epoch)
-        loader = data_loader(self.train_set, settings, shuffle=True, generator=generator,
-                             collate_fn=self.collate_fn)
+        seed = settings.seed * 100_003
+        if WORLD.distributed:  # this rank's share of each global batch, of the same shuffle
+            loader = data_loader(self.train_set, settings, collate_fn=self.collate_fn,
+                                 batch_size=distributed.local_batch_size(settings.batch_size),
+                                 sampler=distributed.sampler(self.train_set, seed, epoch))
+        else:
+            generator = torch.Generator().manual_seed(seed + epoch)
+            loader = data_loader(self.train_set, settings, shuffle=True, generator=generator,
+                                 collate_fn=self.collate_fn)
         self.model.train()
         totals: dict[str, float] = {}
         first_step = (epoch - 1) * len(loader)
@@ -168,6 +186,8 @@ class EpochTrainer:
                 totals[name] = totals.get(name, 0.0) + value * size
             seen += size
             batch_done()
+        totals = distributed.sum_over_ranks({**totals, "examples seen": seen})
+        seen = totals.pop("examples seen")
         return {"lr": lr, **{key: value / max(1, seen) for key, value in totals.items()}}
 
 
@@ -198,7 +218,8 @@ class Trainer(EpochTrainer):
         self.val = val
         self.loss = data_loss(settings.loss)
         # Only the training forward is compiled; evaluation runs the module as it is.
-        self.forward = torch.compile(model) if settings.compile else model
+        self.forward = (torch.compile(self.train_module) if settings.compile
+                        else self.train_module)
 
     def objective(self, scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Data loss plus lambda R(W): what the optimiser minimises."""

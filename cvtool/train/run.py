@@ -23,7 +23,7 @@ from cvtool.models.checkpoint import (
     with_metadata,
 )
 from cvtool.models.small import fold_batch_norm
-from cvtool.train import sanity
+from cvtool.train import distributed, sanity
 from cvtool.train.architectures import build_classifier, pretrained_preprocessing
 from cvtool.train.config import ClassifyConfig
 from cvtool.train.loop import Trainer, loop_settings
@@ -47,7 +47,9 @@ def train_classify(env: Environment, config: ClassifyConfig | None, run_dir: Pat
     if config.model == "knn":
         from cvtool.train.knn_run import train_knn
 
-        summary = train_knn(env, config, data, run_dir, _meta(config, data, {}))
+        # No gradient steps to share out: under torchrun, rank 0 fits it, once.
+        summary = distributed.on_main(
+            lambda: train_knn(env, config, data, run_dir, _meta(config, data, {})))
     else:
         summary = _train_network(env, config, data, run_dir, target, (resume, force))
     return summary
@@ -74,7 +76,7 @@ def _train_network(env: Environment, config: ClassifyConfig, data: Classificatio
     state = train_epochs(env, run_dir, trainer, config, meta, resume,
                          ["val_loss", "val_accuracy"], on_new_run=sanity_checks,
                          best=lambda epoch_meta: _best_weights(trainer, epoch_meta))
-    return _finish(run_dir, trainer, state, data)
+    return distributed.on_main(lambda: _finish(run_dir, trainer, state, data))
 
 
 def _meta(config: ClassifyConfig, data: ClassificationData,

@@ -147,7 +147,7 @@ class SemanticTrainer(EpochTrainer):
             optimizer=config.optimizer, lr=config.resolved_lr, weight_decay=config.weight_decay,
             schedule=config.schedule, warmup=config.warmup, epochs=config.epochs,
             batch_size=config.batch_size, seed=config.seed, precision=config.precision,
-            workers=config.workers)
+            workers=config.workers, sync_bn=config.sync_bn)
         train_set = SemanticDataset(data.train, data.size, mean, std, config.augment,
                                     config.vflip)
         super().__init__(model, settings, device, train_set)
@@ -157,7 +157,7 @@ class SemanticTrainer(EpochTrainer):
 
     def losses(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         images, masks = (tensor.to(self.device) for tensor in batch)
-        return {"loss": self.loss(logits_of(self.model, images).float(), masks)}
+        return {"loss": self.loss(logits_of(self.train_module, images).float(), masks)}
 
     @torch.no_grad()
     def evaluate(self, module: nn.Module) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from cvtool.core.status import UsageError
 from cvtool.core.versions import versions
 from cvtool.io.writers import write_json
 from cvtool.models.checkpoint import save_checkpoint
+from cvtool.train import distributed
 from cvtool.train.loop import EpochTrainer
 from cvtool.train.progress import EpochProgress
 from cvtool.train.report import write_curves
@@ -46,12 +47,16 @@ def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config
     """(config, torch device) of a new or resumed run in `run_dir`: the device must exist, the
     directory be new or empty (or --force), and a resumed run's config comes from its own
     config.json, whatever the command line said."""
-    from cvtool.core.device import precision_warning, resolve_device, set_threads
+    from cvtool.core.device import precision_warning, set_threads
 
-    target = resolve_device(device)
+    target = distributed.start(device)  # under torchrun: this rank's device, the group joined
+
+    def own() -> None:  # rank 0 holds and writes the run directory; the others read it
+        env.own_directory(run_dir, "run directory")
+        prepare_run_dir(run_dir, resume, force)
+
     set_threads(threads)
-    env.own_directory(run_dir, "run directory")
-    prepare_run_dir(run_dir, resume, force)
+    distributed.on_main(own)
     if resume:
         config = _resumed_config(run_dir, config_type, config)
     assert config is not None  # the CLI passes one for every new run
@@ -76,7 +81,8 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
             raise UsageError(f"--epochs {changes['epochs']} is below the {config.epochs} the "
                              f"run in {run_dir} was started with; --resume can only extend it")
         config.epochs = changes["epochs"]
-        write_json(run_dir / CONFIG, {**saved, "config": config.to_dict()})
+        if distributed.WORLD.main:
+            write_json(run_dir / CONFIG, {**saved, "config": config.to_dict()})
     return config
 
 
@@ -95,11 +101,17 @@ def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config:
     if state.epoch:
         env.log(f"resuming {run_dir} after epoch {state.epoch} of {config.epochs}")
     else:  # a new run, or one killed before its first epoch was committed
-        write_json(run_dir / CONFIG, {**meta["training"], "architecture": meta["architecture"],
-                                      "command": sys.argv, "versions": versions()})
-        if on_new_run is not None:
-            on_new_run(state)
-        write_metrics_lines(run_dir, [])
+        def begin() -> dict[str, Any]:
+            write_json(run_dir / CONFIG, {**meta["training"],
+                                          "architecture": meta["architecture"],
+                                          "command": sys.argv, "versions": versions(),
+                                          "world_size": distributed.WORLD.size})
+            if on_new_run is not None:
+                on_new_run(state)
+            write_metrics_lines(run_dir, [])
+            return state.extra
+
+        state.extra = distributed.on_main(begin)  # rank 0's sanity report, on every rank
         if introduction:
             env.log(introduction)
 
@@ -127,14 +139,18 @@ def finish_run(env: Environment, run_dir: Path, state: TrainingState,
                details: dict[str, Any]) -> dict[str, Any]:
     """curves.png, and the summary (the best epoch's `figures` plus `details`) as metrics.json;
     returns the summary."""
-    write_curves(run_dir, state.history, panels)
     best = next(row for row in state.history if row["epoch"] == state.best_epoch)
     summary = {"run_dir": str(run_dir), **{key: best[key] for key in figures},
                "best_epoch": state.best_epoch, "epochs": state.epoch, **details,
                "final_train_loss": state.history[-1]["train_loss"],
                "train_seconds": round(sum(row["seconds"] for row in state.history), 3)}
-    write_json(run_dir / "metrics.json", summary)
-    return summary
+
+    def write() -> dict[str, Any]:
+        write_curves(run_dir, state.history, panels)
+        write_json(run_dir / "metrics.json", summary)
+        return summary
+
+    return distributed.on_main(write)
 
 
 def parameters(module: Any) -> int:

@@ -1,0 +1,224 @@
+"""Training under torchrun: one process per rank, DistributedDataParallel, rank 0 writes.
+
+`torchrun --nproc_per_node N -m cvtool train TASK ...` (or `cvtool train TASK --nproc-per-node
+N`, which launches it) starts N copies of the same command; torchrun's environment (RANK,
+WORLD_SIZE, LOCAL_RANK, the rendezvous) says which one each is. Every rank builds the same
+model from the same seed, trains on its part of each global batch (a seeded per-epoch
+DistributedSampler over the training set) and DDP averages the gradients, so one step is the
+step one process takes on the whole batch. Rank 0 alone evaluates (over the whole val set),
+writes the run directory and logs; it broadcasts what it decided (figures, errors) so every
+rank stops, resumes and fails together. One process (no torchrun) is a world of one and
+nothing here changes what it does.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import Dataset, DistributedSampler
+
+from cvtool.core.status import CvtoolError, UsageError
+
+T = TypeVar("T")
+TIMEOUT = datetime.timedelta(minutes=30)  # a rank waiting on rank 0's evaluation or writes
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    restarts: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: >0 after an elastic restart
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+WORLD = World()  # this process's, once `start` has run
+
+
+def from_environment(environ: Any = os.environ) -> World:
+    """The world torchrun describes (a world of one without it)."""
+    def number(name: str, default: int) -> int:
+        text = environ.get(name)
+        try:
+            return default if text in (None, "") else int(text)
+        except ValueError:
+            raise UsageError(f"{name}={text!r} is not a number (set by torchrun)") from None
+
+    world = World(number("RANK", 0), number("WORLD_SIZE", 1), number("LOCAL_RANK", 0),
+                  number("TORCHELASTIC_RESTART_COUNT", 0))
+    if not 0 <= world.rank < world.size:
+        raise UsageError(f"RANK {world.rank} is outside WORLD_SIZE {world.size}")
+    return world
+
+
+def start(device: str) -> torch.device:
+    """Join torchrun's process group (gloo on CPU, NCCL on CUDA, each rank on the GPU of its
+    LOCAL_RANK) and return this rank's device; without torchrun, the device as asked."""
+    global WORLD
+    from cvtool.core.device import resolve_device
+
+    WORLD = from_environment()
+    if not WORLD.distributed:
+        return resolve_device(device)
+    target = resolve_device(device)
+    if target.type == "cuda":
+        if WORLD.local_rank >= torch.cuda.device_count():
+            raise CvtoolError(f"LOCAL_RANK {WORLD.local_rank} has no GPU: this machine has "
+                              f"{torch.cuda.device_count()}; use --nproc-per-node at most that")
+        target = torch.device("cuda", WORLD.local_rank)
+        torch.cuda.set_device(target)
+    elif target.type != "cpu":
+        raise UsageError(f"distributed training runs on cpu or cuda, not {target.type}")
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=TIMEOUT)
+    return target
+
+
+def stop() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if WORLD.distributed:
+        dist.barrier()
+
+
+def on_main(work: Callable[[], T]) -> T:
+    """`work()` on rank 0 only; its result, or the CvtoolError it raised, on every rank (so a
+    refused run directory stops all of them with the same one-line error)."""
+    if not WORLD.distributed:
+        return work()
+    outcome: list[Any] = [None]
+    if WORLD.main:
+        try:
+            outcome[0] = ("ok", work())
+        except CvtoolError as error:
+            outcome[0] = ("error", (type(error), error.message))
+    dist.broadcast_object_list(outcome, src=0)
+    kind, value = outcome[0]
+    if kind == "error":
+        error_type, message = value
+        raise error_type(message)
+    return value
+
+
+def broadcast(value: T) -> T:
+    """Rank 0's `value` on every rank."""
+    if not WORLD.distributed:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """Each key's sum over every rank (float64; the same keys on every rank)."""
+    if not WORLD.distributed or not values:
+        return values
+    keys = sorted(values)
+    tensor = torch.tensor([values[key] for key in keys], dtype=torch.float64)
+    dist.all_reduce(tensor)
+    reduced = dict(zip(keys, tensor.tolist()))
+    return {key: reduced[key] for key in values}
+
+
+def local_batch_size(global_batch: int) -> int:
+    """This rank's share of the global batch, which must split evenly."""
+    if global_batch % WORLD.size:
+        raise UsageError(f"--batch-size {global_batch} does not split across {WORLD.size} "
+                         f"ranks; give a multiple of {WORLD.size} (it is the global batch)")
+    return global_batch // WORLD.size
+
+
+def sampler(dataset: Dataset, seed: int, epoch: int) -> DistributedSampler:
+    """This rank's part of the epoch: the permutation one process draws (the same seed), every
+    WORLD.size-th example of it. Where the size does not divide, the first few examples are
+    drawn twice (DistributedSampler's padding), so that every rank takes as many steps."""
+    chosen = DistributedSampler(dataset, num_replicas=WORLD.size, rank=WORLD.rank, shuffle=True,
+                                seed=seed, drop_last=False)
+    chosen.set_epoch(epoch)
+    return chosen
+
+
+def replicate(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+    """The module every rank trains through: DDP over `model` (its parameters and buffers
+    broadcast from rank 0 first), batch norm synchronised across ranks with `sync_bn`."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_bn:
+        convert_sync_batch_norm(model, device)
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def convert_sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
+    """Batch norm layers normalise with the statistics of the whole global batch: torch's
+    SyncBatchNorm on CUDA; on CPU (which it refuses) `CpuSyncBatchNorm`, in place."""
+    if device.type == "cuda":
+        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        assert converted is model or not isinstance(model, nn.modules.batchnorm._BatchNorm)
+        return converted
+    for name, child in model.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(model, name, CpuSyncBatchNorm.like(child))
+        else:
+            convert_sync_batch_norm(child, device)
+    return model
+
+
+class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch on CPU ranks: each rank's per-channel sum, sum of
+    squares and count are all-reduced (differentiably), so the normalisation and the running
+    statistics are those one process computes on the whole batch."""
+
+    @classmethod
+    def like(cls, layer: nn.modules.batchnorm._BatchNorm) -> CpuSyncBatchNorm:
+        synced = cls(layer.num_features, layer.eps, layer.momentum, layer.affine,
+                     layer.track_running_stats)
+        synced.load_state_dict(layer.state_dict())
+        return synced
+
+    def _check_input_dim(self, input: torch.Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if not (self.training and WORLD.distributed and dist.is_initialized()):
+            return super().forward(input)
+        from torch.distributed.nn.functional import all_reduce
+
+        channels = input.shape[1]
+        dims = [0, *range(2, input.dim())]
+        count = torch.tensor([input.numel() / channels], dtype=input.dtype)
+        totals = all_reduce(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
+        total = totals[-1]
+        mean = totals[:channels] / total
+        var = totals[channels:2 * channels] / total - mean * mean
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                            else self.momentum)
+                unbiased = var * total / max(float(total) - 1.0, 1.0)
+                self.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+                self.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+        shape = [1, channels] + [1] * (input.dim() - 2)
+        normalised = (input - mean.view(shape)) / torch.sqrt(var.view(shape) + self.eps)
+        if self.affine:
+            normalised = normalised * self.weight.view(shape) + self.bias.view(shape)
+        return normalised

@@ -1,0 +1,127 @@
+"""Training under torchrun with 2 CPU ranks (gloo): the same run as one process at the same
+global batch, rank 0 alone writing; `--sync-bn`; `--nproc-per-node`; an elastic restart after a
+worker is killed; what cannot be distributed says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.clirun import ROOT, cvtool
+
+DIGITS_CNN = ["classify", "--data", "digits", "--model", "cnn", "--width", "8", "--depth", "2",
+              "--batch-size", "64", "--workers", "0", "--device", "cpu"]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+
+def _torchrun(*args: str, restarts: int = 0, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node=2", f"--max-restarts={restarts}", "-m", "cvtool",
+                           "train", *args], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=timeout)
+
+
+def _history(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in row.items() if key != "seconds"} for row in rows]
+
+
+def _close(distributed: list[dict], single: list[dict], loss_tolerance: float) -> None:
+    assert len(distributed) == len(single)
+    for many, one in zip(distributed, single):
+        assert many["train_loss"] == pytest.approx(one["train_loss"], rel=loss_tolerance)
+        assert many["val_loss"] == pytest.approx(one["val_loss"], rel=loss_tolerance)
+        assert many["val_accuracy"] == one["val_accuracy"]
+
+
+def test_two_ranks_train_as_one_process_at_the_same_global_batch(tmp_path: Path) -> None:
+    single = cvtool("train", *DIGITS_CNN, "--epochs", "2", "-o", tmp_path / "one")
+    assert single.code == 0, single.stderr
+    launched = subprocess.run([sys.executable, "-m", "cvtool", "train", *DIGITS_CNN, "--epochs",
+                               "2", "--nproc-per-node", "2", "-o", str(tmp_path / "two")],
+                              capture_output=True, text=True, env=ENV, cwd=ROOT, timeout=300)
+    assert launched.returncode == 0, launched.stderr
+    _close(_history(tmp_path / "two"), _history(tmp_path / "one"), 1e-4)
+    # Rank 0 alone prints the summary, warns and writes: one line, one warning, one run.
+    assert len(launched.stdout.splitlines()) == 1
+    assert json.loads(launched.stdout)["val_accuracy"] == json.loads(single.stdout)[
+        "val_accuracy"]
+    warnings = [line for line in launched.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == len([line for line in single.stderr.splitlines()
+                                 if line.startswith("warning:")])
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
+        p.name for p in (tmp_path / "one").iterdir())
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    records = cvtool("classify", ROOT / "sample_images" / "digits", "-m", tmp_path / "two",
+                     "--format", "jsonl")
+    assert records.code == 0 and len(records.records()) == 20
+
+
+def test_sync_bn_normalises_over_the_global_batch(tmp_path: Path) -> None:
+    args = [*DIGITS_CNN, "--batch-norm", "--epochs", "1"]
+    single = cvtool("train", *args, "-o", tmp_path / "one")
+    assert single.code == 0, single.stderr
+    synced = _torchrun(*args, "--sync-bn", "-o", str(tmp_path / "synced"))
+    assert synced.returncode == 0, synced.stderr
+    # Batch statistics summed over ranks equal one process's up to float32 rounding, which
+    # compounds over an epoch of steps.
+    _close(_history(tmp_path / "synced"), _history(tmp_path / "one"), 1e-3)
+    # The best checkpoint is folded as usual and classifies.
+    records = cvtool("classify", ROOT / "sample_images" / "digits", "-m", tmp_path / "synced",
+                     "--format", "jsonl")
+    assert records.code == 0 and all(r["ok"] for r in records.records())
+
+
+def _workers(launcher: int) -> list[int]:
+    """The pids of the launcher's child processes (torchrun's ranks)."""
+    children = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as stat:
+                    parent = int(stat.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if parent == launcher:
+                children.append(int(entry))
+    return children
+
+
+def test_a_killed_worker_is_restarted_and_the_run_resumes_by_itself(tmp_path: Path) -> None:
+    args = [*DIGITS_CNN, "--epochs", "3"]
+    single = cvtool("train", *args, "-o", tmp_path / "one")
+    assert single.code == 0, single.stderr
+    run = tmp_path / "elastic"
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                "--nproc_per_node=2", "--max-restarts=1", "-m", "cvtool",
+                                "train", *args, "-o", str(run)], env=ENV, cwd=ROOT,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not list((run / "state").glob("epoch-*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = _workers(process.pid)
+    assert workers, "torchrun has no workers"
+    os.kill(workers[-1], signal.SIGKILL)
+    out, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    assert "resuming" in err  # the restarted group continued from the committed epoch
+    _close(_history(run), _history(tmp_path / "one"), 1e-4)
+    assert len(out.splitlines()) == 1
+
+
+def test_what_does_not_distribute_says_so(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    generate = cvtool("train", "generate", "--data", "digits", "-o", tmp_path / "g")
+    assert generate.code == 2 and "without torchrun" in generate.stderr
+    monkeypatch.delenv("WORLD_SIZE")
+    odd = cvtool("train", *DIGITS_CNN, "--batch-size", "63", "--nproc-per-node", "2",
+                 "-o", tmp_path / "odd")
+    assert odd.code == 2 and "multiple of 2" in odd.stderr
