@@ -3,11 +3,11 @@
 `torchrun --nproc_per_node N -m cvtool train TASK ...` (or `cvtool train TASK --nproc-per-node
 N`, which launches it) starts N copies of the same command; torchrun's environment (RANK,
 WORLD_SIZE, LOCAL_RANK, the rendezvous) says which one each is. Every rank builds the same
-model from the same seed, trains on its part of each global batch (a seeded per-epoch
-DistributedSampler over the training set) and DDP averages the gradients, so one step is the
-step one process takes on the whole batch. Rank 0 alone evaluates (over the whole val set),
-writes the run directory and logs; it broadcasts what it decided (figures, errors) so every
-rank stops, resumes and fails together. One process (no torchrun) is a world of one and
+model from the same seed, trains on its part of each global batch (`RankShare`: a seeded
+per-epoch permutation, as DistributedSampler draws it) and DDP averages the gradients, so one
+step is the step one process takes on the whole batch. Rank 0 alone evaluates (over the whole
+val set), writes the run directory and logs; it broadcasts what it decided (figures, errors) so
+every rank stops, resumes and fails together. One process (no torchrun) is a world of one and
 nothing here changes what it does.
 """
 
@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import datetime
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Sampler
 
 from cvtool.core.status import CvtoolError, UsageError
 
@@ -46,7 +46,8 @@ class World:
         return self.rank == 0
 
 
-WORLD = World()  # this process's, once `start` has run
+WORLD = World()  # this process's, once `start` has run; read it as `distributed.WORLD`
+_ALONE = False  # rank 0 is running work the other ranks do not (no collectives then)
 
 
 def from_environment(environ: Any = os.environ) -> World:
@@ -103,12 +104,16 @@ def on_main(work: Callable[[], T]) -> T:
     refused run directory stops all of them with the same one-line error)."""
     if not WORLD.distributed:
         return work()
+    global _ALONE
     outcome: list[Any] = [None]
     if WORLD.main:
+        _ALONE = True  # the sanity checks' forward passes, say, must not sync batch norm
         try:
             outcome[0] = ("ok", work())
         except CvtoolError as error:
             outcome[0] = ("error", (type(error), error.message))
+        finally:
+            _ALONE = False
     dist.broadcast_object_list(outcome, src=0)
     kind, value = outcome[0]
     if kind == "error":
@@ -145,49 +150,65 @@ def local_batch_size(global_batch: int) -> int:
     return global_batch // WORLD.size
 
 
-def sampler(dataset: Dataset, seed: int, epoch: int) -> DistributedSampler:
-    """This rank's part of the epoch: the permutation one process draws (the same seed), every
-    WORLD.size-th example of it. Where the size does not divide, the first few examples are
-    drawn twice (DistributedSampler's padding), so that every rank takes as many steps."""
-    chosen = DistributedSampler(dataset, num_replicas=WORLD.size, rank=WORLD.rank, shuffle=True,
-                                seed=seed, drop_last=False)
-    chosen.set_epoch(epoch)
-    return chosen
+class RankShare(Sampler[int]):
+    """This rank's part of an epoch: one permutation of the dataset seeded by `seed + epoch`
+    (a DistributedSampler's), of which the rank takes every WORLD.size-th example, so that
+    its local batch k holds its share of the global batch k one process takes. Nothing is
+    padded or repeated; an epoch's last global batch, when it holds fewer examples than there
+    are ranks, is left out (ranks must take equally many steps). A world of one takes it all."""
+
+    def __init__(self, size: int, global_batch: int, seed: int, epoch: int) -> None:
+        self.size, self.seed, self.epoch = size, seed, epoch
+        remainder = size % global_batch
+        self.used = size - remainder if 0 < remainder < WORLD.size else size
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.size, generator=generator)[:self.used]
+        return iter(order[WORLD.rank::WORLD.size].tolist())
+
+    def __len__(self) -> int:
+        return len(range(WORLD.rank, self.used, WORLD.size))
 
 
-def replicate(model: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
+def share_of_loss(local_size: int) -> float:
+    """What this rank's mean loss is weighted by so that DDP's average over ranks is the mean
+    over the global batch, also where the ranks' shares differ (an epoch's last batch)."""
+    if not WORLD.distributed:
+        return 1.0
+    total = torch.tensor([local_size], dtype=torch.int64)
+    dist.all_reduce(total)
+    return local_size * WORLD.size / int(total)
+
+
+def replicate(model: nn.Module, device: torch.device) -> nn.Module:
     """The module every rank trains through: DDP over `model` (its parameters and buffers
-    broadcast from rank 0 first), batch norm synchronised across ranks with `sync_bn`."""
+    broadcast from rank 0 first)."""
     from torch.nn.parallel import DistributedDataParallel
 
-    if sync_bn:
-        convert_sync_batch_norm(model, device)
     ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=ids)
 
 
 def convert_sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
-    """Batch norm layers normalise with the statistics of the whole global batch: torch's
-    SyncBatchNorm on CUDA; on CPU (which it refuses) `CpuSyncBatchNorm`, in place."""
-    if device.type == "cuda":
-        converted = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        assert converted is model or not isinstance(model, nn.modules.batchnorm._BatchNorm)
-        return converted
+    """Every batch norm layer, in place, becomes a `SyncBatchNorm`: normalised with the
+    statistics of the whole global batch. (torch's own nn.SyncBatchNorm refuses CPU tensors;
+    this one runs on any device gloo or NCCL reduces, so CPU tests check the GPU path too.)"""
     for name, child in model.named_children():
         if isinstance(child, nn.modules.batchnorm._BatchNorm):
-            setattr(model, name, CpuSyncBatchNorm.like(child))
+            setattr(model, name, SyncBatchNorm.like(child).to(device))
         else:
             convert_sync_batch_norm(child, device)
     return model
 
 
-class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
-    """Batch norm over the global batch on CPU ranks: each rank's per-channel sum, sum of
-    squares and count are all-reduced (differentiably), so the normalisation and the running
-    statistics are those one process computes on the whole batch."""
+class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """Batch norm over the global batch: each rank's per-channel sum, sum of squares and count
+    are all-reduced (differentiably), so the normalisation and the running statistics are the
+    ones one process computes on the whole batch. Its state dict is a BatchNorm's."""
 
     @classmethod
-    def like(cls, layer: nn.modules.batchnorm._BatchNorm) -> CpuSyncBatchNorm:
+    def like(cls, layer: nn.modules.batchnorm._BatchNorm) -> SyncBatchNorm:
         synced = cls(layer.num_features, layer.eps, layer.momentum, layer.affine,
                      layer.track_running_stats)
         synced.load_state_dict(layer.state_dict())
@@ -198,14 +219,13 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
             raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if not (self.training and WORLD.distributed and dist.is_initialized()):
+        if not (self.training and WORLD.distributed and dist.is_initialized()) or _ALONE:
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
         channels = input.shape[1]
         dims = [0, *range(2, input.dim())]
-        count = torch.tensor([input.numel() / channels], dtype=input.dtype)
-        totals = all_reduce(torch.cat([input.sum(dims), (input * input).sum(dims), count]))
+        count = torch.tensor([input.numel() / channels], dtype=input.dtype, device=input.device)
+        totals = _SumOverRanks.apply(torch.cat([input.sum(dims), (input * input).sum(dims),
+                                                count]))
         total = totals[-1]
         mean = totals[:channels] / total
         var = totals[channels:2 * channels] / total - mean * mean
@@ -222,3 +242,20 @@ class CpuSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
         if self.affine:
             normalised = normalised * self.weight.view(shape) + self.bias.view(shape)
         return normalised
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) whose gradient is the all-reduced gradient: every rank's loss depends
+    on every rank's input through the sum."""
+
+    @staticmethod
+    def forward(ctx: Any, tensor: torch.Tensor) -> torch.Tensor:
+        total = tensor.clone()
+        dist.all_reduce(total)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, gradient: torch.Tensor) -> torch.Tensor:
+        total = gradient.clone()
+        dist.all_reduce(total)
+        return total

@@ -153,9 +153,9 @@ class GenerativeTrainer(EpochTrainer):
         # Train-set figures, apart from the held-out ones evaluate() reports under plain names.
         return {key if key == "loss" else f"train_{key}": value for key, value in parts.items()}
 
-    def step(self, batch: tuple[torch.Tensor]) -> dict[str, float]:
+    def step(self, batch: tuple[torch.Tensor], share: float = 1.0) -> dict[str, float]:
         if self.family != "gan":
-            return super().step(batch)
+            return super().step(batch, share)
         images = batch[0].to(self.device)
         numbers: dict[str, float] = {}
         for player, losses in (("discriminator", gan.discriminator_losses),

@@ -19,7 +19,6 @@ from torch.utils.data import DataLoader, Dataset
 from cvtool.core.device import autocast
 from cvtool.core.status import UsageError
 from cvtool.train import distributed
-from cvtool.train.distributed import WORLD
 from cvtool.train.optim import data_loss, lr_factor, make_optimizer, penalty, warmup_factor
 from cvtool.train.state import TrainingState
 
@@ -115,7 +114,7 @@ class EpochTrainer:
     def __init__(self, model: nn.Module, settings: IterationSettings, device: torch.device,
                  train_set: Dataset, collate_fn: Callable | None = None) -> None:
         model = model.to(device)
-        if WORLD.distributed and settings.sync_bn:
+        if distributed.WORLD.distributed and settings.sync_bn:
             model = distributed.convert_sync_batch_norm(model, device)
         self.model, self.settings, self.device = model, settings, device
         self.train_set, self.collate_fn = train_set, collate_fn
@@ -125,8 +124,8 @@ class EpochTrainer:
         self.scaler = grad_scaler(device, settings.precision)
         # What `losses` runs the training forward through: under torchrun, DDP over the model
         # (gradients averaged across ranks); `model` itself is what is evaluated and saved.
-        self.train_module = (distributed.replicate(model, device) if WORLD.distributed
-                             else model)
+        self.train_module = (distributed.replicate(model, device)
+                             if distributed.WORLD.distributed else model)
 
     def losses(self, batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
@@ -152,26 +151,27 @@ class EpochTrainer:
             distributed.on_main(lambda: epoch_done(state, improved))
         return state
 
-    def step(self, batch: Any) -> dict[str, float]:
-        """One optimisation step on `batch`; returns the losses as numbers."""
+    def step(self, batch: Any, share: float = 1.0) -> dict[str, float]:
+        """One optimisation step on `batch`; returns the losses as numbers. `share` weights the
+        loss under torchrun (`distributed.share_of_loss`)."""
         with autocast(self.device, self.settings.precision):
             parts = self.losses(batch)
         loss = require_finite(parts["loss"].float(), "training",
                               f"lower --lr (now {self.settings.lr}) or raise --warmup")
-        optimizer_step(self.optimizer, self.scaler, loss)
+        optimizer_step(self.optimizer, self.scaler, loss * share if share != 1.0 else loss)
         return {key: float(value.detach()) for key, value in parts.items()}
 
     def _train_epoch(self, epoch: int, batch_done: Callable[[], None]) -> dict[str, float]:
         settings = self.settings
         seed = settings.seed * 100_003
-        if WORLD.distributed:  # this rank's share of each global batch, of the same shuffle
-            loader = data_loader(self.train_set, settings, collate_fn=self.collate_fn,
-                                 batch_size=distributed.local_batch_size(settings.batch_size),
-                                 sampler=distributed.sampler(self.train_set, seed, epoch))
-        else:
-            generator = torch.Generator().manual_seed(seed + epoch)
-            loader = data_loader(self.train_set, settings, shuffle=True, generator=generator,
-                                 collate_fn=self.collate_fn)
+        # One permutation of the training set per epoch, seeded by (seed, epoch); under
+        # torchrun each rank takes every WORLD.size-th example of it, so the ranks' batches
+        # together are the batch one process takes. The generator seeds loader workers.
+        loader = data_loader(self.train_set, settings, collate_fn=self.collate_fn,
+                             batch_size=distributed.local_batch_size(settings.batch_size),
+                             sampler=distributed.RankShare(len(self.train_set),
+                                                           settings.batch_size, seed, epoch),
+                             generator=torch.Generator().manual_seed(seed + epoch))
         self.model.train()
         totals: dict[str, float] = {}
         first_step = (epoch - 1) * len(loader)
@@ -181,7 +181,7 @@ class EpochTrainer:
             lr = base * warmup_factor(first_step + index, settings.warmup)
             set_lr(self.optimizer, lr)
             size = len(batch[0])
-            for key, value in self.step(batch).items():
+            for key, value in self.step(batch, distributed.share_of_loss(size)).items():
                 name = "train_loss" if key == "loss" else key
                 totals[name] = totals.get(name, 0.0) + value * size
             seen += size
