@@ -15,7 +15,6 @@ ratio 10k/1k at most 1.1 for both engines. Needs the ray extra.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from batch_runs import make_inputs
+from batch_runs import lines, make_inputs
 from common import ROOT, machine_line
 
 BASE = [sys.executable, "-m", "cvtool", "classify", "-m", "digits-cnn", "--device", "cpu",
@@ -76,10 +75,6 @@ def timed(args: list[str]) -> tuple[float, float]:
     if process.returncode != 0:
         raise SystemExit(f"cvtool {' '.join(args)} failed: {err.decode()[-800:]}")
     return time.perf_counter() - started, peak[0]
-
-
-def lines(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 def main() -> None:
