@@ -4,7 +4,8 @@ the best checkpoint through the same builder and reproduce the run's val predict
 
 maxvit_t is marked slow: its partitions fix the input at 224 px, about 90 s on two cores. So are
 vgg11_bn and vit_b_16, whose checkpoints (510 and 330 MB, written as best and last and read back)
-cost 20-30 s each of CI's 15 minutes; they run with `pytest -m slow`. The trainer, checkpoint
+cost 20-30 s each of CI's 15 minutes, and efficientnet_v2_s (25 s); they run with
+`pytest -m slow`. The trainer, checkpoint
 and rebuild code they exercise is the same for every family, and test_registry.py still holds
 their builders and weights to installed torchvision's.
 """
@@ -39,7 +40,7 @@ _PREFIXES = {"resnext": "resnext/wide", "wide_resnet": "resnext/wide", "resnet":
              "googlenet": "googlenet/inception", "inception": "googlenet/inception",
              "convnext": "convnext", "vit": "vit", "swin": "swin", "maxvit": "maxvit",
              "alexnet": "alexnet"}
-SLOW = {"maxvit_t", "vgg11_bn", "vit_b_16"}
+SLOW = {"maxvit_t", "vgg11_bn", "vit_b_16", "efficientnet_v2_s"}
 
 
 def family(name: str) -> str:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -24,7 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Sampler
 
-from cvtool.core.status import CvtoolError, UsageError
+from cvtool.core.status import CvtoolError, CvtoolWarning, UsageError
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(minutes=30)  # a rank waiting on rank 0's evaluation or writes
@@ -187,7 +188,9 @@ def replicate(model: nn.Module, device: torch.device) -> nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids)
+    # Some registry models hold parameters a forward does not use (an smp encoder cut to
+    # --encoder-depth 3 keeps its deeper stages): DDP must look for them each step.
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
 def convert_sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:
@@ -195,11 +198,20 @@ def convert_sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module
     statistics of the whole global batch. (torch's own nn.SyncBatchNorm refuses CPU tensors;
     this one runs on any device gloo or NCCL reduces, so CPU tests check the GPU path too.)"""
     for name, child in model.named_children():
-        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+        if type(child) in PLAIN_BATCH_NORMS:
             setattr(model, name, SyncBatchNorm.like(child).to(device))
+        elif isinstance(child, nn.modules.batchnorm._BatchNorm):
+            # A subclass does more than normalise (timm's BatchNormAct2d applies its
+            # activation too); replacing it would drop that, so it stays per rank.
+            warnings.warn(f"--sync-bn: {type(child).__name__} layers are not batch norms "
+                          "cvtool can synchronise; they normalise each rank's part",
+                          CvtoolWarning, stacklevel=2)
         else:
             convert_sync_batch_norm(child, device)
     return model
+
+
+PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 class SyncBatchNorm(nn.modules.batchnorm._BatchNorm):
