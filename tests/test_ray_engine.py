@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import ray
 
+from cvtool.core.results import record_path
 from cvtool.inference.runs import shard_of
 from tests.clirun import ROOT, cvtool, same
 
@@ -76,7 +78,9 @@ def test_ray_engine_equals_the_local_engine(task: str, scenes: Path, tmp_path: P
     options, images = TASKS[task](scenes)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    inputs = [*images[:3], bad, tmp_path / "missing.png", *images[3:]]
+    odd = tmp_path / os.fsdecode(b"caf\xe9.png")  # a name that is not UTF-8
+    shutil.copy(images[0], odd)
+    inputs = [*images[:3], bad, tmp_path / "missing.png", odd, *images[3:]]
     runs = {}
     for engine in ("local", "ray"):
         out = tmp_path / engine
@@ -85,7 +89,7 @@ def test_ray_engine_equals_the_local_engine(task: str, scenes: Path, tmp_path: P
         assert runs[engine].code == 1, runs[engine].stderr  # the two bad inputs
     local, distributed = _in(runs["local"], tmp_path / "local"), _in(runs["ray"], tmp_path / "ray")
     assert len(distributed) == len(inputs)
-    assert [r["path"] for r in distributed] == [str(p) for p in inputs]
+    assert [record_path(r) for r in distributed] == [str(p) for p in inputs]
     assert same(distributed, local)
     errors = [r["error"]["type"] for r in distributed if not r["ok"]]
     assert errors == [r["error"]["type"] for r in local if not r["ok"]]
@@ -93,7 +97,7 @@ def test_ray_engine_equals_the_local_engine(task: str, scenes: Path, tmp_path: P
     assert _lines(tmp_path / "ray" / "records.jsonl") == runs["ray"].records()
     assert _files(tmp_path / "ray") == _files(tmp_path / "local")  # artifacts, by the actors
     info = {e: json.loads((tmp_path / e / "run.json").read_text()) for e in runs}
-    assert info["ray"]["engine"]["name"] == "ray" and info["ray"]["counts"]["inputs"] == 8
+    assert info["ray"]["engine"]["name"] == "ray" and info["ray"]["counts"]["inputs"] == 9
     if "metrics" in info["local"]:
         assert same(info["ray"]["metrics"], info["local"]["metrics"])
     assert _warnings(runs["ray"].stderr) == _warnings(runs["local"].stderr)

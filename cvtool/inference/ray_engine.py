@@ -102,19 +102,14 @@ def _row(source: Source) -> dict[str, Any]:
     if source.image is not None:
         raise UsageError("--engine ray takes paths, not images in memory")
     error = source.error
-    # Bytes, not str: a path need not be UTF-8, and Arrow strings must be.
-    return {"path": os.fsencode(source.path) if _encodable(source.path)
-            else source.path.encode("utf-8", "surrogatepass"),
-            "error_type": error.type if error else "", "error_message": error.message if error
-            else ""}
+    return {"path": _path_bytes(source.path), "error_type": error.type if error else "",
+            "error_message": error.message if error else ""}
 
 
-def _encodable(path: str) -> bool:
-    try:
-        os.fsencode(path)
-        return True
-    except UnicodeEncodeError:
-        return False
+def _path_bytes(path: str) -> bytes:
+    """Bytes, not str, in the dataset: Arrow strings must be UTF-8, and a path held with lone
+    surrogates (undecodable bytes) is not; surrogatepass round-trips any str exactly."""
+    return path.encode("utf-8", "surrogatepass")
 
 
 def _connect(ray: Any, address: str | None) -> bool:
@@ -270,7 +265,7 @@ def _ragged(images: list[np.ndarray]) -> np.ndarray:
 
 
 def _path(raw: bytes) -> str:
-    return os.fsdecode(bytes(raw))
+    return bytes(raw).decode("utf-8", "surrogatepass")
 
 
 class PredictorActor:
