@@ -203,7 +203,7 @@ def merge(
     debug: Debug = False,
 ) -> None:
     """Join shard (or resumed) run directories: records in input order, summed counts."""
-    from cvtool.cli.commands import merge as run
+    from cvtool.cli.merge import merge as run
 
     env = current(quiet, debug)
     if output is None:

@@ -130,18 +130,18 @@ def _train_and_print(env: Environment, runner: str, *args: Any) -> int:
 
 
 def _torchrun_rank() -> int:
-    """This process's RANK under torchrun (or any launcher that sets WORLD_SIZE), else -1."""
-    if os.environ.get("WORLD_SIZE", "") in ("", "1"):
-        return -1
-    try:
-        return int(os.environ.get("RANK", "0"))
-    except ValueError:
-        return 0  # distributed.start() says what is wrong with it
+    """This process's RANK under torchrun (any launcher that sets WORLD_SIZE > 1), else -1."""
+    from cvtool.train.world import from_environment
+
+    world = from_environment()
+    return world.rank if world.distributed else -1
 
 
 def _restarted() -> bool:
-    return _torchrun_rank() >= 0 and os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") not in (
-        "", "0")
+    from cvtool.train.world import from_environment
+
+    world = from_environment()
+    return world.distributed and world.restarts > 0
 
 
 def _torchrun(env: Environment, processes: int) -> int:

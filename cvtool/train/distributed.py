@@ -14,10 +14,8 @@ nothing here changes what it does.
 from __future__ import annotations
 
 import datetime
-import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import torch
@@ -26,45 +24,14 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from cvtool.core.status import CvtoolError, CvtoolWarning, UsageError
+from cvtool.train.world import World, from_environment
 
 T = TypeVar("T")
 TIMEOUT = datetime.timedelta(minutes=30)  # a rank waiting on rank 0's evaluation or writes
 
 
-@dataclass(frozen=True)
-class World:
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-    restarts: int = 0  # torchrun's TORCHELASTIC_RESTART_COUNT: >0 after an elastic restart
-
-    @property
-    def distributed(self) -> bool:
-        return self.size > 1
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
 WORLD = World()  # this process's, once `start` has run; read it as `distributed.WORLD`
 _ALONE = False  # rank 0 is running work the other ranks do not (no collectives then)
-
-
-def from_environment(environ: Any = os.environ) -> World:
-    """The world torchrun describes (a world of one without it)."""
-    def number(name: str, default: int) -> int:
-        text = environ.get(name)
-        try:
-            return default if text in (None, "") else int(text)
-        except ValueError:
-            raise UsageError(f"{name}={text!r} is not a number (set by torchrun)") from None
-
-    world = World(number("RANK", 0), number("WORLD_SIZE", 1), number("LOCAL_RANK", 0),
-                  number("TORCHELASTIC_RESTART_COUNT", 0))
-    if not 0 <= world.rank < world.size:
-        raise UsageError(f"RANK {world.rank} is outside WORLD_SIZE {world.size}")
-    return world
 
 
 def start(device: str) -> torch.device:
@@ -159,7 +126,7 @@ class RankShare(Sampler[int]):
     are ranks, is left out (ranks must take equally many steps). A world of one takes it all."""
 
     def __init__(self, size: int, global_batch: int, seed: int, epoch: int) -> None:
-        self.size, self.seed, self.epoch = size, seed, epoch
+        self.size, self.global_batch, self.seed, self.epoch = size, global_batch, seed, epoch
         remainder = size % global_batch
         self.used = size - remainder if 0 < remainder < WORLD.size else size
 
@@ -171,15 +138,12 @@ class RankShare(Sampler[int]):
     def __len__(self) -> int:
         return len(range(WORLD.rank, self.used, WORLD.size))
 
-
-def share_of_loss(local_size: int) -> float:
-    """What this rank's mean loss is weighted by so that DDP's average over ranks is the mean
-    over the global batch, also where the ranks' shares differ (an epoch's last batch)."""
-    if not WORLD.distributed:
-        return 1.0
-    total = torch.tensor([local_size], dtype=torch.int64)
-    dist.all_reduce(total)
-    return local_size * WORLD.size / int(total)
+    def loss_share(self, batch: int, local_size: int) -> float:
+        """What this rank's mean loss on its local batch `batch` is weighted by, so that DDP's
+        average over ranks is the mean over global batch `batch`, also where the ranks' shares
+        of it differ (an epoch's last batch). 1 in a world of one."""
+        global_size = min(self.global_batch, self.used - batch * self.global_batch)
+        return local_size * WORLD.size / global_size
 
 
 def replicate(model: nn.Module, device: torch.device) -> nn.Module:

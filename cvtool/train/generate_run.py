@@ -60,7 +60,7 @@ class Images(torch.utils.data.Dataset):
 def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Path,
                    resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
     """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
-    from cvtool.train.distributed import from_environment
+    from cvtool.train.world import from_environment
 
     if from_environment().distributed:
         raise UsageError("train generate runs in one process: its models are trained through "

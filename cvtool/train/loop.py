@@ -153,7 +153,7 @@ class EpochTrainer:
 
     def step(self, batch: Any, share: float = 1.0) -> dict[str, float]:
         """One optimisation step on `batch`; returns the losses as numbers. `share` weights the
-        loss under torchrun (`distributed.share_of_loss`)."""
+        loss under torchrun (`distributed.RankShare.loss_share`)."""
         with autocast(self.device, self.settings.precision):
             parts = self.losses(batch)
         loss = require_finite(parts["loss"].float(), "training",
@@ -167,10 +167,10 @@ class EpochTrainer:
         # One permutation of the training set per epoch, seeded by (seed, epoch); under
         # torchrun each rank takes every WORLD.size-th example of it, so the ranks' batches
         # together are the batch one process takes. The generator seeds loader workers.
+        share = distributed.RankShare(len(self.train_set), settings.batch_size, seed, epoch)
         loader = data_loader(self.train_set, settings, collate_fn=self.collate_fn,
                              batch_size=distributed.local_batch_size(settings.batch_size),
-                             sampler=distributed.RankShare(len(self.train_set),
-                                                           settings.batch_size, seed, epoch),
+                             sampler=share,
                              generator=torch.Generator().manual_seed(seed + epoch))
         self.model.train()
         totals: dict[str, float] = {}
@@ -181,7 +181,7 @@ class EpochTrainer:
             lr = base * warmup_factor(first_step + index, settings.warmup)
             set_lr(self.optimizer, lr)
             size = len(batch[0])
-            for key, value in self.step(batch, distributed.share_of_loss(size)).items():
+            for key, value in self.step(batch, share.loss_share(index, size)).items():
                 name = "train_loss" if key == "loss" else key
                 totals[name] = totals.get(name, 0.0) + value * size
             seen += size
