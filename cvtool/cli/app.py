@@ -213,6 +213,54 @@ def merge(
 
 
 @app.command()
+def export(
+    model: Annotated[str, typer.Argument(
+        help="Registry name, cvtool checkpoint file or run directory (any task).",
+        show_default=False, metavar="MODEL")],
+    output: Annotated[Optional[Path], typer.Option(
+        "--output", "-o", help="FILE.onnx, FILE.xml (OpenVINO, beside FILE.bin) or a directory "
+                               "for OpenVINO's model.xml.", show_default=False)] = None,
+    weights: Annotated[str, typer.Option(
+        help="default | none (random init) | PATH to a state dict.")] = "default",
+    format: Annotated[Optional[str], typer.Option(
+        "--format", help="onnx | openvino  [default: from the output's suffix, else onnx]",
+        show_default=False)] = None,
+    opset: Annotated[int, typer.Option(help="ONNX opset.")] = 18,
+    image_size: Annotated[Optional[list[int]], typer.Option(
+        help="Classifiers: the input side, or give it twice: height then width  "
+             "[default: the model's crop size]", show_default=False)] = None,
+    dynamic_batch: Annotated[bool, typer.Option(
+        "--dynamic-batch", help="Classifiers: any batch size (default: batch 1; segmenters "
+                                "always take any batch, detectors one image).")] = False,
+    encoder: Annotated[Optional[str], typer.Option(
+        help="smp:ARCH models: the encoder  [default: resnet34]", show_default=False)] = None,
+    verify: Annotated[bool, typer.Option(
+        "--verify/--no-verify", help="Compare the runtime's outputs with eager PyTorch's "
+                                     "before writing (--no-verify skips the comparison; the "
+                                     "runtime still loads the model).")] = True,
+    verify_images: Annotated[Optional[list[str]], typer.Option(
+        help="Images to verify on (files, directories, globs)  [default: cvtool's own set of "
+             "photos, shapes, digits and a blank image]", show_default=False)] = None,
+    threads: Threads = None,
+    force: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Export a model to ONNX or OpenVINO, verified against eager PyTorch; summary on stdout."""
+    from cvtool.cli.export import export as run
+    from cvtool.export import ExportOptions
+
+    env = current(quiet, debug)
+    if output is None:
+        raise UsageError("-o FILE is required: where the export goes (.onnx, or .xml for "
+                         "OpenVINO)")
+    finish(run, env, ExportOptions(
+        model=model, output=str(output), weights=weights, format=format, opset=opset,
+        image_size=image_size, dynamic_batch=dynamic_batch, encoder=encoder, verify=verify,
+        verify_images=verify_images, threads=threads, force=force))
+
+
+@app.command()
 def models(
     args: Annotated[Optional[list[str]], typer.Argument(
         help="[TASK] to list, or: pull NAME", show_default=False,

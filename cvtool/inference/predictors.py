@@ -72,6 +72,9 @@ class Predictor:
             self.device, self.settings = prepare_device(
                 options.device, options.precision, options.threads, options.seed, self.warn)
             self.loop, self.loaded = self._build()
+            for loaded in _as_list(self.loaded):  # an export's runtime compiles for these
+                if prepare := getattr(loaded.module, "prepare_runtime", None):
+                    prepare(self.device, options.precision, self.warn)
         except BaseException:
             self.resources.close()
             raise
@@ -179,7 +182,8 @@ PREDICTORS.update({kind.task: kind for kind in (Classifier, Detector, InstanceSe
 
 def model_info(loaded: Any) -> dict[str, Any]:
     return {"name": loaded.name, "weights_file": loaded.weights_file,
-            "weights_sha256": loaded.weights_sha256, "classes": len(loaded.categories)}
+            "weights_sha256": loaded.weights_sha256, "classes": len(loaded.categories),
+            **getattr(loaded.module, "runtime_info", {})}
 
 
 def _as_list(value: Any) -> list[Any]:

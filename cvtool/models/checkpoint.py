@@ -98,6 +98,11 @@ def resolve_checkpoint(path: Path) -> Path:
     return tensors_path
 
 
+def checkpoint_meta(path: Path) -> dict:
+    """The checked JSON meta of the checkpoint `path` (file, sidecar or run directory) names."""
+    return _read_meta(resolve_checkpoint(path).with_suffix(".json"))
+
+
 def build_architecture(meta: dict, state: Mapping[str, Tensor] | None = None) -> nn.Module:
     """A freshly initialised module as the checkpoint's `architecture` describes it.
 

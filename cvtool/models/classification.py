@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.core.context import Warn
 from cvtool.core.status import UsageError
+from cvtool.export import exported_format
 from cvtool.models.checkpoint import (
     build_architecture,
     build_on_meta,
@@ -46,6 +47,10 @@ def load_classifier(model: str, weights: str = "default", offline: bool = False,
     Raises UsageError (unknown model, unfitting or unreadable file) or ResourceUnavailable
     (default weights not cached and offline, or the download failed).
     """
+    if exported_format(model):
+        from cvtool.export.runtimes import load_exported
+
+        return load_exported(model, "classify", weights, ("classify",))
     if looks_like_path(model):
         return _checkpoint_classifier(Path(model), model, weights)
     spec = get_spec(model)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.core.context import Warn
 from cvtool.core.status import UsageError
+from cvtool.export import exported_format
 from cvtool.io.coco import encode_mask
 from cvtool.models.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
 from cvtool.models.loading import (
@@ -50,6 +51,10 @@ def load_detector(model: str, weights: str, task: str, offline: bool = False,
     Raises UsageError (unknown or unfitting model, unreadable file) or ResourceUnavailable
     (default weights not cached and offline, or the download failed).
     """
+    if exported_format(model):
+        from cvtool.export.runtimes import load_exported
+
+        return load_exported(model, task, weights, SERVES[task])
     if looks_like_path(model):
         return _checkpoint_detector(Path(model), model, weights, task)
     spec = get_spec(model)

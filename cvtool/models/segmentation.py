@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from cvtool.core.context import Warn
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.export import exported_format
 from cvtool.models.checkpoint import (
     build_architecture,
     build_on_meta,
@@ -83,6 +84,11 @@ def load_segmenter(model: str, weights: str = "default", encoder: str | None = N
     Raises UsageError (unknown model or encoder, unfitting or unreadable file) or
     ResourceUnavailable (default weights not cached and offline, or the download failed).
     """
+    if exported_format(model):
+        from cvtool.export.runtimes import load_exported
+
+        _refuse_encoder(encoder, model)
+        return load_exported(model, TASK, weights, (TASK,))  # type: ignore[return-value]
     if looks_like_path(model):
         _refuse_encoder(encoder, model)
         return _checkpoint_segmenter(Path(model), model, weights)

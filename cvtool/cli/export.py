@@ -1,0 +1,23 @@
+"""`cvtool export`: the summary on stdout, exit 1 (and no file) where verification failed."""
+
+from __future__ import annotations
+
+from cvtool.core.context import Environment
+from cvtool.core.status import ExitStatus
+from cvtool.export import ExportOptions
+
+
+def export(env: Environment, options: ExportOptions) -> int:
+    from cvtool.export.exporter import export_model
+    from cvtool.io.writers import strict_json
+
+    summary = export_model(options, env.warn, env.log)
+    print(strict_json(summary), file=env.stdout, flush=True)
+    checked = summary["verification"]
+    if checked.get("skipped") or checked["passed"]:
+        return ExitStatus.SUCCESS
+    failures = checked["failures"]
+    print(f"error: the export differs from eager PyTorch beyond tolerance on "
+          f"{len(failures)} check(s) (first: {failures[0]}); nothing was written",
+          file=env.stderr, flush=True)
+    return ExitStatus.PARTIAL

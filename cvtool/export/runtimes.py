@@ -1,0 +1,271 @@
+"""Exported models run by ONNX Runtime or OpenVINO in the place of a torch module.
+
+`load_exported` gives the task backends the same `LoadedModel` a registry model or checkpoint
+gives them: categories and preprocessing come from the export's metadata, and `module` is a
+`RuntimeModule`, called with the tensors the torch module would be called with and returning what
+it would return. So classify, detect, segment-instance and segment-semantic (and their writers,
+evaluation, Ray engine and Python predictors) run exports with no code of their own.
+
+Files are read into memory first (regular files only) and handed to the runtime as bytes: an
+ONNX file's external-data references and an IR's paths are never followed. The runtimes run on
+the CPU; `--precision bf16|fp16` needs OpenVINO and a CPU that has the instructions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cvtool.core.context import Warn
+from cvtool.core.files import open_regular
+from cvtool.core.results import one_line
+from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.export import INSTALL, METADATA_KEY, OPENVINO_FILE, checked_metadata, exported_format
+from cvtool.models.loading import LoadedModel
+
+MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
+OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
+
+
+def require(fmt: str) -> Any:
+    """The runtime for `fmt`, or exit 3 naming the install command."""
+    try:
+        return importlib.import_module(MODULES[fmt])
+    except ImportError:
+        raise ResourceUnavailable(f"{fmt} models need the {MODULES[fmt]} runtime: "
+                                  f"{INSTALL[fmt]}") from None
+
+
+def read_file(path: Path) -> bytes:
+    try:
+        with open_regular(path) as file:
+            return file.read()
+    except OSError as error:
+        raise UsageError(f"cannot read {path}: {error.strerror or error}") from None
+
+
+def threads() -> int:
+    return torch.get_num_threads()
+
+
+class OnnxEngine:
+    """An ONNX Runtime session on the CPU."""
+
+    kind = "onnx"
+
+    def __init__(self, model: bytes, source: str) -> None:
+        ort = require("onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3  # its warnings are about graph rewrites, not the user's
+        try:
+            self.session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise UsageError(f"{source} is not a model ONNX Runtime can run: "
+                             f"{one_line(error)[:300]}") from None
+        self.input_name = self.session.get_inputs()[0].name
+        self.precision = "fp32"
+
+    def metadata(self) -> str | None:
+        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+
+    def prepare(self, device: torch.device, precision: str, warn: Warn) -> None:
+        if device.type != "cpu":
+            raise ResourceUnavailable(f"--device {device}: cvtool runs ONNX models with ONNX "
+                                      "Runtime on the CPU; use --device cpu")
+        if precision != "fp32":
+            raise UsageError(f"--precision {precision}: ONNX Runtime runs this model in fp32 on "
+                             "the CPU; export with --format openvino for bf16 or fp16")
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: array})
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime
+
+        return {"runtime": "onnxruntime", "runtime_version": onnxruntime.__version__,
+                "runtime_precision": self.precision}
+
+
+class OpenVinoEngine:
+    """An OpenVINO model, compiled for the CPU once the precision is known."""
+
+    kind = "openvino"
+
+    def __init__(self, model: Any, source: str) -> None:
+        import openvino as ov
+
+        self.core, self.model, self.source = ov.Core(), model, source
+        self.compiled: Any = None
+        self.precision = "fp32"
+
+    def metadata(self) -> str | None:
+        if not self.model.has_rt_info([METADATA_KEY]):
+            return None
+        return str(self.model.get_rt_info([METADATA_KEY]).astype(str))
+
+    def prepare(self, device: torch.device, precision: str, warn: Warn) -> None:
+        if device.type != "cpu":
+            raise ResourceUnavailable(f"--device {device}: cvtool runs OpenVINO models on the "
+                                      "CPU; use --device cpu")
+        capabilities = self.core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+        if precision != "fp32" and precision.upper() not in capabilities:
+            warn(f"this CPU has no native {precision} for OpenVINO; {self.source} runs in fp32")
+            precision = "fp32"
+        config = {"INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision],
+                  "INFERENCE_NUM_THREADS": threads(), "PERFORMANCE_HINT": "LATENCY"}
+        try:
+            self.compiled = self.core.compile_model(self.model, "CPU", config)
+        except Exception as error:  # noqa: BLE001
+            raise UsageError(f"OpenVINO cannot compile {self.source}: "
+                             f"{one_line(error)[:300]}") from None
+        self.request = self.compiled.create_infer_request()
+        self.precision = precision
+
+    def run(self, array: np.ndarray) -> list[np.ndarray]:
+        if self.compiled is None:
+            self.prepare(torch.device("cpu"), "fp32", lambda message: None)
+        results = self.request.infer({0: array})
+        return [np.array(results[output]) for output in self.compiled.outputs]
+
+    def info(self) -> dict[str, Any]:
+        import openvino
+
+        return {"runtime": "openvino", "runtime_version": openvino.__version__,
+                "runtime_precision": self.precision}
+
+
+class RuntimeModule:
+    """An export standing in for the torch module it was made from.
+
+    classify, segment-semantic, generate: called with an (N, ...) float tensor, returns the
+    graph's first output as a tensor; a graph exported for a fixed batch runs in chunks of it.
+    detect, segment-instance: called with a list of (3, H, W) images, returns one dict per image
+    (boxes, labels, scores, masks, as torchvision's detectors do). Rows scoring at or under the
+    detector's own score threshold are dropped: eager PyTorch never returns them, and OpenVINO
+    returns one such placeholder row for an image with no detections.
+    """
+
+    def __init__(self, engine: OnnxEngine | OpenVinoEngine, meta: dict[str, Any]) -> None:
+        self.engine, self.meta = engine, meta
+        self.batch = meta["input"]["batch"]
+        self.detector = meta["task"] in ("detect", "segment-instance")
+
+    def to(self, *_args: Any, **_kwargs: Any) -> RuntimeModule:
+        return self  # the runtime decides where it runs (`prepare_runtime`)
+
+    def eval(self) -> RuntimeModule:
+        return self
+
+    def prepare_runtime(self, device: torch.device, precision: str, warn: Warn) -> None:
+        self.engine.prepare(device, precision, warn)
+
+    @property
+    def runtime_info(self) -> dict[str, Any]:
+        return self.engine.info()
+
+    def __call__(self, inputs: Any) -> Any:
+        if self.detector:
+            return [self._detect(image) for image in inputs]
+        return self._batched(inputs)
+
+    def _batched(self, batch: torch.Tensor) -> torch.Tensor:
+        array = _array(batch)
+        step = self.batch or len(array)
+        chunks = []
+        for start in range(0, len(array), step):
+            chunk = array[start:start + step]
+            short = step - len(chunk)
+            if short:  # a fixed-batch graph: pad the last chunk, drop the padding's outputs
+                chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
+            chunks.append(self.engine.run(chunk)[0][:step - short])
+        return torch.from_numpy(np.concatenate(chunks))
+
+    def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        outputs = dict(zip(self.meta["outputs"], self.engine.run(_array(image))))
+        keep = outputs["scores"] > self.meta["detection"]["score_thresh"]
+        return {name: torch.from_numpy(np.ascontiguousarray(value[keep]))
+                for name, value in outputs.items()}
+
+
+def _array(tensor: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
+
+
+def open_engine(model: str) -> tuple[OnnxEngine | OpenVinoEngine, Path]:
+    """The runtime for the export `model` names, and the file holding its parameters."""
+    fmt = exported_format(model)
+    path = Path(model)
+    require(fmt)  # a missing runtime is exit 3 before anything is read
+    if fmt == "onnx":
+        return OnnxEngine(read_file(path), model), path
+    xml = path / OPENVINO_FILE if path.is_dir() else path
+    weights = xml.with_suffix(".bin")
+    if not weights.is_file():
+        raise UsageError(f"{xml} needs its weights file {weights.name} beside it")
+    return OpenVinoEngine(read_openvino(read_file(xml), read_file(weights), model), model), weights
+
+
+def read_openvino(xml: bytes, weights: bytes, source: str) -> Any:
+    ov = require("openvino")
+    try:
+        return ov.Core().read_model(xml, ov.Tensor(np.frombuffer(weights, np.uint8)))
+    except Exception as error:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses
+        raise UsageError(f"{source} is not a model OpenVINO can read: "
+                         f"{one_line(error)[:300]}") from None
+
+
+def load_exported(model: str, task: str, weights: str, serves: tuple[str, ...]) -> LoadedModel:
+    """`-m FILE.onnx | FILE.xml | DIR` as the LoadedModel (or LoadedSegmenter) `task` runs."""
+    if weights != "default":
+        raise UsageError(f"--weights {weights} does not apply to {model}: an export carries "
+                         "its own weights")
+    engine, parameters = open_engine(model)
+    meta = checked_metadata(engine.metadata(), model)
+    if meta["task"] not in serves:
+        raise UsageError(f"{model} is an exported {meta['task']} model; {task} needs one of "
+                         f"{', '.join(serves)}")
+    module = RuntimeModule(engine, meta)
+    categories = list(meta["categories"])
+    if task == "classify":
+        from cvtool.models.classification import classification_transforms
+
+        return LoadedModel(model, module, categories,  # type: ignore[arg-type]
+                           classification_transforms(meta.get("preprocessing", {})),
+                           str(parameters))
+    if task == "segment-semantic":
+        from cvtool.models.segmentation import LoadedSegmenter, segmentation_transforms
+
+        layout = meta.get("segmentation") or {}
+        return LoadedSegmenter(model, module, categories,  # type: ignore[arg-type]
+                               segmentation_transforms(meta.get("preprocessing", {})),
+                               str(parameters), _side(layout, "input_multiple", model),
+                               _side(layout, "min_input_side", model), layout.get("encoder"))
+    from torchvision.transforms._presets import ObjectDetection
+
+    _score_thresh(meta, model)
+    return LoadedModel(model, module, categories, ObjectDetection(),  # type: ignore[arg-type]
+                       str(parameters))
+
+
+def _side(layout: dict[str, Any], key: str, source: str) -> int:
+    value = layout.get(key, 1)
+    if type(value) is not int or not 1 <= value <= 4096:
+        raise UsageError(f"{source}: segmentation {key} must be an integer from 1 to 4096")
+    return value
+
+
+def _score_thresh(meta: dict[str, Any], source: str) -> None:
+    value = (meta.get("detection") or {}).get("score_thresh")
+    if not isinstance(value, (int, float)) or not 0 <= value < 1:
+        raise UsageError(f"{source}: detection score_thresh must be a number in [0, 1)")
+    needed = {"boxes", "labels", "scores"} | ({"masks"} if meta["task"] == "segment-instance"
+                                              else set())
+    if missing := needed - set(meta["outputs"]):
+        raise UsageError(f"{source}: a {meta['task']} export needs outputs "
+                         f"{', '.join(sorted(missing))}")
