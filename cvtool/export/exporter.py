@@ -27,19 +27,13 @@ from torch import nn
 from cvtool.core.context import Warn
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
-from cvtool.export import (
-    INSTALL,
-    METADATA_KEY,
-    OPENVINO_FILE,
-    ExportOptions,
-    exported_format,
-    output_format,
-)
-from cvtool.export import verify
+from cvtool.export import ExportOptions, output_format, verify
 from cvtool.export.fold import fold_batch_norms
-from cvtool.export.runtimes import OnnxEngine, OpenVinoEngine, RuntimeModule, require
 from cvtool.export.sources import Source, load_source
 from cvtool.io.writers import strict_json, write_bytes
+from cvtool.models.exported import INSTALL, METADATA_KEY, OPENVINO_FILE, exported_format
+from cvtool.models.runtimes import OnnxEngine, OpenVinoEngine, RuntimeModule, require
+
 
 def export_model(options: ExportOptions, warn: Warn, log: Callable[[str], None]) -> dict:
     """Export, verify and write `options.model`; the summary says what was done and measured.
@@ -69,7 +63,7 @@ def export_model(options: ExportOptions, warn: Warn, log: Callable[[str], None])
         engine = artifact.engine(source.name)
         if options.verify:
             log(f"verifying against eager PyTorch on {len(source.inputs)} inputs")
-            checked = check(source, RuntimeModule(engine, source.meta))
+            checked = check(source, RuntimeModule(engine, source.meta, source.name))
         else:
             warn("--no-verify: the export's outputs were not compared with eager PyTorch; it "
                  "was only loaded by the runtime")

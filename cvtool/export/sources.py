@@ -7,7 +7,6 @@ and its metadata carries the same categories and preprocessing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,8 @@ from torch import nn
 from cvtool import __version__
 from cvtool.core.context import Warn
 from cvtool.core.status import UsageError
-from cvtool.export import FORMAT, FORMAT_VERSION, ExportOptions
+from cvtool.export import ExportOptions
+from cvtool.models.exported import FORMAT, FORMAT_VERSION
 from cvtool.models.loading import LoadedModel, looks_like_path
 
 IMAGES = Path(__file__).with_name("images")

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.core.context import Warn
 from cvtool.core.status import UsageError
-from cvtool.export import exported_format
 from cvtool.models.checkpoint import (
     build_architecture,
     build_on_meta,
@@ -21,6 +20,7 @@ from cvtool.models.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
 )
+from cvtool.models.exported import exported_format
 from cvtool.models.loading import (
     LoadedModel,
     built_and_loaded,
@@ -48,9 +48,12 @@ def load_classifier(model: str, weights: str = "default", offline: bool = False,
     (default weights not cached and offline, or the download failed).
     """
     if exported_format(model):
-        from cvtool.export.runtimes import load_exported
+        from cvtool.models.runtimes import open_export
 
-        return load_exported(model, "classify", weights, ("classify",))
+        found = open_export(model, "classify", weights, ("classify",))
+        return LoadedModel(model, found.module, found.categories,  # type: ignore[arg-type]
+                           classification_transforms(found.meta.get("preprocessing", {})),
+                           found.parameters)
     if looks_like_path(model):
         return _checkpoint_classifier(Path(model), model, weights)
     spec = get_spec(model)

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 from cvtool.core.context import Warn
 from cvtool.core.status import UsageError
-from cvtool.export import exported_format
 from cvtool.io.coco import encode_mask
 from cvtool.models.checkpoint import build_architecture, load_checkpoint, resolve_checkpoint
+from cvtool.models.exported import exported_format
 from cvtool.models.loading import (
     LoadedModel,
     load_exactly,
@@ -52,9 +52,13 @@ def load_detector(model: str, weights: str, task: str, offline: bool = False,
     (default weights not cached and offline, or the download failed).
     """
     if exported_format(model):
-        from cvtool.export.runtimes import load_exported
+        from torchvision.transforms._presets import ObjectDetection
 
-        return load_exported(model, task, weights, SERVES[task])
+        from cvtool.models.runtimes import open_export
+
+        found = open_export(model, task, weights, SERVES[task])
+        return LoadedModel(model, found.module, found.categories,  # type: ignore[arg-type]
+                           ObjectDetection(), found.parameters)
     if looks_like_path(model):
         return _checkpoint_detector(Path(model), model, weights, task)
     spec = get_spec(model)

@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 from cvtool.core.context import Warn
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
-from cvtool.export import exported_format
 from cvtool.models.checkpoint import (
     build_architecture,
     build_on_meta,
@@ -49,6 +48,7 @@ from cvtool.models.checkpoint import (
     load_checkpoint,
     resolve_checkpoint,
 )
+from cvtool.models.exported import exported_format
 from cvtool.models.loading import (
     LoadedModel,
     built_and_loaded,
@@ -85,10 +85,13 @@ def load_segmenter(model: str, weights: str = "default", encoder: str | None = N
     ResourceUnavailable (default weights not cached and offline, or the download failed).
     """
     if exported_format(model):
-        from cvtool.export.runtimes import load_exported
+        from cvtool.models.runtimes import open_export
 
         _refuse_encoder(encoder, model)
-        return load_exported(model, TASK, weights, (TASK,))  # type: ignore[return-value]
+        found = open_export(model, TASK, weights, (TASK,))
+        return LoadedSegmenter(model, found.module, found.categories,  # type: ignore[arg-type]
+                               segmentation_transforms(found.meta.get("preprocessing", {})),
+                               found.parameters, *found.segmentation_layout())
     if looks_like_path(model):
         _refuse_encoder(encoder, model)
         return _checkpoint_segmenter(Path(model), model, weights)

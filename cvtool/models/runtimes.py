@@ -1,7 +1,7 @@
 """Exported models run by ONNX Runtime or OpenVINO in the place of a torch module.
 
-`load_exported` gives the task backends the same `LoadedModel` a registry model or checkpoint
-gives them: categories and preprocessing come from the export's metadata, and `module` is a
+`open_export` gives the model loaders what they build the same `LoadedModel` from as for a
+registry model or checkpoint: categories and preprocessing from the export's metadata, and a
 `RuntimeModule`, called with the tensors the torch module would be called with and returning what
 it would return. So classify, detect, segment-instance and segment-semantic (and their writers,
 evaluation, Ray engine and Python predictors) run exports with no code of their own.
@@ -14,6 +14,7 @@ the CPU; `--precision bf16|fp16` needs OpenVINO and a CPU that has the instructi
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,13 @@ from cvtool.core.context import Warn
 from cvtool.core.files import open_regular
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
-from cvtool.export import INSTALL, METADATA_KEY, OPENVINO_FILE, checked_metadata, exported_format
-from cvtool.models.loading import LoadedModel
+from cvtool.models.exported import (
+    INSTALL,
+    METADATA_KEY,
+    OPENVINO_FILE,
+    checked_metadata,
+    exported_format,
+)
 
 MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -151,8 +157,9 @@ class RuntimeModule:
     returns one such placeholder row for an image with no detections.
     """
 
-    def __init__(self, engine: OnnxEngine | OpenVinoEngine, meta: dict[str, Any]) -> None:
-        self.engine, self.meta = engine, meta
+    def __init__(self, engine: OnnxEngine | OpenVinoEngine, meta: dict[str, Any],
+                 source: str) -> None:
+        self.engine, self.meta, self.source = engine, meta, source
         self.batch = meta["input"]["batch"]
         self.detector = meta["task"] in ("detect", "segment-instance")
 
@@ -220,8 +227,27 @@ def read_openvino(xml: bytes, weights: bytes, source: str) -> Any:
                          f"{one_line(error)[:300]}") from None
 
 
-def load_exported(model: str, task: str, weights: str, serves: tuple[str, ...]) -> LoadedModel:
-    """`-m FILE.onnx | FILE.xml | DIR` as the LoadedModel (or LoadedSegmenter) `task` runs."""
+@dataclass
+class Export:
+    """An export opened for a task: its stand-in module, checked metadata, parameters' file."""
+
+    module: RuntimeModule
+    meta: dict[str, Any]
+    parameters: str
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.meta["categories"])
+
+    def segmentation_layout(self) -> tuple[int, int, str | None]:
+        """input_multiple, min_input_side and encoder of a semantic segmenter's export."""
+        layout = self.meta.get("segmentation") or {}
+        return (_side(layout, "input_multiple", self.module.source),
+                _side(layout, "min_input_side", self.module.source), layout.get("encoder"))
+
+
+def open_export(model: str, task: str, weights: str, serves: tuple[str, ...]) -> Export:
+    """`-m FILE.onnx | FILE.xml | DIR` opened for `task`, which `serves` tasks' exports serve."""
     if weights != "default":
         raise UsageError(f"--weights {weights} does not apply to {model}: an export carries "
                          "its own weights")
@@ -230,27 +256,9 @@ def load_exported(model: str, task: str, weights: str, serves: tuple[str, ...]) 
     if meta["task"] not in serves:
         raise UsageError(f"{model} is an exported {meta['task']} model; {task} needs one of "
                          f"{', '.join(serves)}")
-    module = RuntimeModule(engine, meta)
-    categories = list(meta["categories"])
-    if task == "classify":
-        from cvtool.models.classification import classification_transforms
-
-        return LoadedModel(model, module, categories,  # type: ignore[arg-type]
-                           classification_transforms(meta.get("preprocessing", {})),
-                           str(parameters))
-    if task == "segment-semantic":
-        from cvtool.models.segmentation import LoadedSegmenter, segmentation_transforms
-
-        layout = meta.get("segmentation") or {}
-        return LoadedSegmenter(model, module, categories,  # type: ignore[arg-type]
-                               segmentation_transforms(meta.get("preprocessing", {})),
-                               str(parameters), _side(layout, "input_multiple", model),
-                               _side(layout, "min_input_side", model), layout.get("encoder"))
-    from torchvision.transforms._presets import ObjectDetection
-
-    _score_thresh(meta, model)
-    return LoadedModel(model, module, categories, ObjectDetection(),  # type: ignore[arg-type]
-                       str(parameters))
+    if task in ("detect", "segment-instance"):
+        _score_thresh(meta, model)
+    return Export(RuntimeModule(engine, meta, model), meta, str(parameters))
 
 
 def _side(layout: dict[str, Any], key: str, source: str) -> int:
