@@ -22,6 +22,7 @@ _PUBLIC = {
     "SemanticSegmenter": "cvtool.inference.predictors",
     "Generator": "cvtool.inference.predictors",
     "GeneratedImage": "cvtool.inference.predictors",
+    "export_model": "cvtool.export",
     "train_classify": "cvtool.train.api",
     "train_detect": "cvtool.train.api",
     "train_segment_instance": "cvtool.train.api",
@@ -48,7 +49,7 @@ __all__ = ["__version__", "ClassPixels", "Classifier", "ClassifyOptions", "Class
            "CvtoolError", "CvtoolWarning", "DetectOptions", "Detection", "DetectionRecord",
            "Detector", "GenerateOptions", "GeneratedImage", "Generator", "InputError",
            "InstanceSegmenter", "Prediction", "Record", "ResourceUnavailable", "SegmentOptions",
-           "SemanticRecord", "SemanticSegmenter", "UsageError", "train_classify",
+           "SemanticRecord", "SemanticSegmenter", "UsageError", "export_model", "train_classify",
            "train_detect", "train_generate", "train_segment_instance", "train_segment_semantic"]
 assert set(__all__) == {"__version__", *_PUBLIC}
 
@@ -56,6 +57,7 @@ if TYPE_CHECKING:
     from cvtool.core.options import ClassifyOptions, DetectOptions, GenerateOptions, SegmentOptions
     from cvtool.core.results import InputError, Prediction, Record
     from cvtool.core.status import CvtoolError, CvtoolWarning, ResourceUnavailable, UsageError
+    from cvtool.export import export_model
     from cvtool.inference.predictors import (
         Classifier,
         Detector,

@@ -218,11 +218,12 @@ def test_bf16_runs_on_openvino_and_is_refused_by_onnx_runtime(tmp_path: Path) ->
     assert result.code == 2 and "--format openvino" in result.stderr
 
 
-def test_the_python_predictors_take_exports(tmp_path: Path) -> None:
+def test_export_model_and_the_python_predictors_take_exports(tmp_path: Path) -> None:
     import cvtool as api
 
     path = tmp_path / "unet.onnx"
-    export("shapes-unet", path)
+    summary = api.export_model("shapes-unet", path)
+    assert summary["verified"] and path.is_file()
     with api.SemanticSegmenter(model=str(path), device="cpu") as segmenter:
         exported = list(segmenter.predict([str(p) for p in SHAPES[:2]]))
     with api.SemanticSegmenter(model="shapes-unet", device="cpu") as segmenter:

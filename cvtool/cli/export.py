@@ -8,10 +8,10 @@ from cvtool.export import ExportOptions
 
 
 def export(env: Environment, options: ExportOptions) -> int:
-    from cvtool.export.exporter import export_model
+    from cvtool.export.exporter import run_export
     from cvtool.io.writers import strict_json
 
-    summary = export_model(options, env.warn, env.log)
+    summary = run_export(options, env.warn, env.log)
     print(strict_json(summary), file=env.stdout, flush=True)
     checked = summary["verification"]
     if checked.get("skipped") or checked["passed"]:

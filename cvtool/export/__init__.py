@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cvtool.core.options import PlainData
 from cvtool.core.status import UsageError
@@ -44,3 +45,25 @@ def output_format(options: ExportOptions) -> str:
     if chosen == "onnx" and implied is None:
         raise UsageError(f"-o {options.output}: an ONNX export is one file ending in .onnx")
     return chosen
+
+
+def export_model(model: str, output: str | Path, **options: Any) -> dict[str, Any]:
+    """`cvtool export MODEL -o OUTPUT` from Python: the summary it prints, as a dict.
+
+        summary = cvtool.export_model("shapes-unet", "unet.onnx")
+        segmenter = cvtool.SemanticSegmenter(model="unet.onnx")
+
+    `options` are `ExportOptions`' fields. Raises `cvtool.UsageError` (a model or output that
+    cannot work, a verification beyond tolerance: nothing is written then) or
+    `cvtool.ResourceUnavailable` (the runtime is not installed). Warnings are `CvtoolWarning`s.
+    """
+    from cvtool.export.exporter import run_export
+    from cvtool.inference.predictors import python_warning
+
+    summary = run_export(ExportOptions(model=model, output=str(output), **options),
+                         python_warning, lambda message: None)
+    checked = summary["verification"]
+    if not checked.get("skipped") and not checked["passed"]:
+        raise UsageError(f"the export differs from eager PyTorch beyond tolerance "
+                         f"({checked['failures'][0]}); nothing was written")
+    return summary

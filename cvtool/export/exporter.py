@@ -35,7 +35,7 @@ from cvtool.models.exported import INSTALL, METADATA_KEY, OPENVINO_FILE, exporte
 from cvtool.models.runtimes import OnnxEngine, OpenVinoEngine, RuntimeModule, require
 
 
-def export_model(options: ExportOptions, warn: Warn, log: Callable[[str], None]) -> dict:
+def run_export(options: ExportOptions, warn: Warn, log: Callable[[str], None]) -> dict:
     """Export, verify and write `options.model`; the summary says what was done and measured.
     Beyond tolerance nothing is written and the summary's `verified` is False."""
     started = time.perf_counter()
