@@ -22,7 +22,7 @@ _PUBLIC = {
     "SemanticSegmenter": "cvtool.inference.predictors",
     "Generator": "cvtool.inference.predictors",
     "GeneratedImage": "cvtool.inference.predictors",
-    "export_model": "cvtool.export",
+    "export_model": "cvtool.export.api",
     "train_classify": "cvtool.train.api",
     "train_detect": "cvtool.train.api",
     "train_segment_instance": "cvtool.train.api",
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from cvtool.core.options import ClassifyOptions, DetectOptions, GenerateOptions, SegmentOptions
     from cvtool.core.results import InputError, Prediction, Record
     from cvtool.core.status import CvtoolError, CvtoolWarning, ResourceUnavailable, UsageError
-    from cvtool.export import export_model
+    from cvtool.export.api import export_model
     from cvtool.inference.predictors import (
         Classifier,
         Detector,

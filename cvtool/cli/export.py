@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from cvtool.core.context import Environment
 from cvtool.core.status import ExitStatus
-from cvtool.export import ExportOptions
+from cvtool.export import ExportOptions, require_runtime
 
 
 def export(env: Environment, options: ExportOptions) -> int:
+    require_runtime(options)  # a missing extra is exit 3 before torch loads
     from cvtool.export.exporter import run_export
     from cvtool.io.writers import strict_json
 

@@ -1,6 +1,6 @@
 """`cvtool export`: a model as ONNX or OpenVINO IR, verified against eager PyTorch first.
 
-`exporter` runs it, `sources` loads what is exported per task, `fold` folds batch norms,
+`exporter` runs it (`api`: from Python), `sources` loads what is exported per task, `fold` folds batch norms,
 `verify` compares the runtime's outputs with eager PyTorch's. What an export file holds and how
 inference runs one: `cvtool.models.exported` and `cvtool.models.runtimes`. No torch here.
 """
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cvtool.core.options import PlainData
-from cvtool.core.status import UsageError
-from cvtool.models.exported import FORMATS
+from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.models.exported import FORMATS, INSTALL, require
 
 
 @dataclass(kw_only=True)
@@ -47,23 +46,15 @@ def output_format(options: ExportOptions) -> str:
     return chosen
 
 
-def export_model(model: str, output: str | Path, **options: Any) -> dict[str, Any]:
-    """`cvtool export MODEL -o OUTPUT` from Python: the summary it prints, as a dict.
-
-        summary = cvtool.export_model("shapes-unet", "unet.onnx")
-        segmenter = cvtool.SemanticSegmenter(model="unet.onnx")
-
-    `options` are `ExportOptions`' fields. Raises `cvtool.UsageError` (a model or output that
-    cannot work, a verification beyond tolerance: nothing is written then) or
-    `cvtool.ResourceUnavailable` (the runtime is not installed). Warnings are `CvtoolWarning`s.
-    """
-    from cvtool.export.exporter import run_export
-    from cvtool.inference.predictors import python_warning
-
-    summary = run_export(ExportOptions(model=model, output=str(output), **options),
-                         python_warning, lambda message: None)
-    checked = summary["verification"]
-    if not checked.get("skipped") and not checked["passed"]:
-        raise UsageError(f"the export differs from eager PyTorch beyond tolerance "
-                         f"({checked['failures'][0]}); nothing was written")
-    return summary
+def require_runtime(options: ExportOptions) -> str:
+    """The export's format, once its runtime (and, for ONNX, the onnx package that writes the
+    metadata) is known to be installed: exit 3 naming the extra otherwise, before torch loads."""
+    fmt = output_format(options)
+    require(fmt)
+    if fmt == "onnx":
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ResourceUnavailable(f"ONNX export needs the onnx package: {INSTALL['onnx']}") \
+                from None
+    return fmt

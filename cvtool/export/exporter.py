@@ -27,20 +27,19 @@ from torch import nn
 from cvtool.core.context import Warn
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
-from cvtool.export import ExportOptions, output_format, verify
+from cvtool.export import ExportOptions, require_runtime, verify
 from cvtool.export.fold import fold_batch_norms
 from cvtool.export.sources import Source, load_source
 from cvtool.io.writers import strict_json, write_bytes
-from cvtool.models.exported import INSTALL, METADATA_KEY, OPENVINO_FILE, exported_format
-from cvtool.models.runtimes import OnnxEngine, OpenVinoEngine, RuntimeModule, require
+from cvtool.models.exported import METADATA_KEY, OPENVINO_FILE, exported_format
+from cvtool.models.runtimes import OnnxEngine, OpenVinoEngine, RuntimeModule
 
 
 def run_export(options: ExportOptions, warn: Warn, log: Callable[[str], None]) -> dict:
     """Export, verify and write `options.model`; the summary says what was done and measured.
     Beyond tolerance nothing is written and the summary's `verified` is False."""
     started = time.perf_counter()
-    fmt = output_format(options)
-    _require(fmt)
+    fmt = require_runtime(options)
     output = Path(options.output)
     _check_output(output, fmt, options)
     if options.threads is not None:
@@ -77,18 +76,6 @@ def run_export(options: ExportOptions, warn: Warn, log: Callable[[str], None]) -
         written = artifact.write(output, Path(work))
     summary.update(written, seconds=round(time.perf_counter() - started, 3))
     return summary
-
-
-def _require(fmt: str) -> None:
-    require(fmt)
-    if fmt == "onnx":
-        try:
-            import onnx  # noqa: F401 - the metadata is written with it
-        except ImportError:
-            from cvtool.core.status import ResourceUnavailable
-
-            raise ResourceUnavailable(f"ONNX export needs the onnx package: {INSTALL['onnx']}") \
-                from None
 
 
 def _check_output(output: Path, fmt: str, options: ExportOptions) -> None:

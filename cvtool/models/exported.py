@@ -24,11 +24,12 @@ not fit before anything is built from it. No torch, no runtime here.
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
 
-from cvtool.core.status import UsageError
+from cvtool.core.status import ResourceUnavailable, UsageError
 
 FORMAT = "cvtool-export"
 FORMAT_VERSION = 1
@@ -39,6 +40,17 @@ OPENVINO_FILE = "model.xml"  # inside an export directory
 TASKS = ("classify", "detect", "segment-instance", "segment-semantic", "generate")
 MAX_METADATA_CHARS = 4 << 20
 MAX_CATEGORIES = 100_000
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+
+
+def require(fmt: str) -> Any:
+    """The runtime module for `fmt`, or exit 3 naming the install command. Checked before
+    anything heavy is imported or read."""
+    try:
+        return importlib.import_module(RUNTIMES[fmt])
+    except ImportError:
+        raise ResourceUnavailable(f"{fmt} models need the {RUNTIMES[fmt]} runtime: "
+                                  f"{INSTALL[fmt]}") from None
 
 
 def exported_format(model: str) -> str | None:

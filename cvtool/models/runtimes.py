@@ -13,7 +13,6 @@ the CPU; `--precision bf16|fp16` needs OpenVINO and a CPU that has the instructi
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,24 +25,14 @@ from cvtool.core.files import open_regular
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models.exported import (
-    INSTALL,
     METADATA_KEY,
     OPENVINO_FILE,
     checked_metadata,
     exported_format,
+    require,
 )
 
-MODULES = {"onnx": "onnxruntime", "openvino": "openvino"}
 OPENVINO_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-
-
-def require(fmt: str) -> Any:
-    """The runtime for `fmt`, or exit 3 naming the install command."""
-    try:
-        return importlib.import_module(MODULES[fmt])
-    except ImportError:
-        raise ResourceUnavailable(f"{fmt} models need the {MODULES[fmt]} runtime: "
-                                  f"{INSTALL[fmt]}") from None
 
 
 def read_file(path: Path) -> bytes:
