@@ -48,7 +48,9 @@ def inputs_for(model: str, work: Path) -> list[str]:
         return [str(path) for path in photos] * 4  # 32 images
     if model == "digits-cnn":
         return [str(p) for p in sorted((ROOT / "sample_images" / "digits").glob("*.png"))] * 25
-    scenes = shapes_scenes(work / "shapes", 32)
+    scenes = work / "shapes"
+    if not scenes.exists():  # made once, for both shapes models
+        shapes_scenes(scenes, 32)
     return [str(path) for path in sorted((scenes / "images").rglob("*.png"))]
 
 

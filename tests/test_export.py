@@ -282,11 +282,17 @@ def test_hostile_and_foreign_model_files_are_one_line_usage_errors(tmp_path: Pat
     bad_labels = _edited(good, tmp_path / "labels.onnx", {"categories": "0123456789"})
     wrong_task = _edited(good, tmp_path / "task.onnx", {"task": "segment-semantic"})
     bad_version = _edited(good, tmp_path / "version.onnx", {"format_version": 99})
+    # Metadata that loads but does not describe the graph: caught at the first batch.
+    three_labels = _edited(good, tmp_path / "three.onnx", {"categories": ["a", "b", "c"]})
+    other_input = _edited(good, tmp_path / "input.onnx", {"preprocessing": {
+        **metadata(good)["preprocessing"], "crop_size": 16, "resize_size": 16}})
     lonely = tmp_path / "lonely.xml"
     lonely.write_text("<net/>")
     cases = [(garbage, "not a model ONNX Runtime can run"), (foreign, "no cvtool metadata"),
              (bad_labels, "categories must be"), (wrong_task, "needs one of classify"),
              (bad_version, "format_version"), (lonely, "needs its weights file lonely.bin"),
+             (three_labels, "does not fit its classify metadata"),
+             (other_input, "does not take the input its metadata describes"),
              (tmp_path / "missing.onnx", "cannot read")]
     for path, message in cases:
         result = cvtool("classify", DIGITS[0], "-m", path)

@@ -1,10 +1,10 @@
 """`cvtool export`: a model as ONNX or OpenVINO IR, verified against eager PyTorch first.
 
-One exporter for every task: torch.onnx's TorchScript-based exporter (`dynamo=False`). It is the
-one that exports every family cvtool serves (torchvision's R-CNNs, LR-ASPP and cvtool's small
-CNNs fail torch.export here), with dynamic batch, height and width where asked. OpenVINO IR is
-converted from that ONNX graph. Batch norms are folded into their convolutions first
-(`cvtool.export.fold`). The runtime then loads the graph from memory and its outputs are
+ONNX comes from torch.onnx's TorchScript-based exporter (`dynamo=False`): it is the one that
+exports every family cvtool serves (torchvision's R-CNNs, LR-ASPP and cvtool's small CNNs fail
+torch.export here), with dynamic batch, height and width where asked. OpenVINO IR comes from
+OpenVINO's own PyTorch frontend (see `OpenVinoArtifact`). Both see the same `Graph`, with batch
+norms folded into their convolutions first (`cvtool.export.fold`). The runtime then loads the graph from memory and its outputs are
 compared with the unfolded eager model's on real images (`cvtool.export.verify`); only an export
 within tolerance is written, atomically, with its metadata and verification figures inside it.
 """

@@ -179,14 +179,42 @@ class RuntimeModule:
             short = step - len(chunk)
             if short:  # a fixed-batch graph: pad the last chunk, drop the padding's outputs
                 chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
-            chunks.append(self.engine.run(chunk)[0][:step - short])
+            output = self._run(chunk)[0]
+            self._expect(output.ndim == (2 if self.meta["task"] == "classify" else 4)
+                         and len(output) == step and self._channels_fit(output), output)
+            chunks.append(output[:step - short])
         return torch.from_numpy(np.concatenate(chunks))
 
+    def _channels_fit(self, output: np.ndarray) -> bool:
+        if self.meta["task"] == "generate":
+            return True
+        classes = len(self.meta["categories"])
+        return output.shape[1] == classes or (self.meta["task"] == "segment-semantic"
+                                              and output.shape[1] == 1 and classes == 2)
+
     def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = dict(zip(self.meta["outputs"], self.engine.run(_array(image))))
+        outputs = dict(zip(self.meta["outputs"], self._run(_array(image))))
+        count = len(outputs["scores"])
+        self._expect(outputs["boxes"].shape == (count, 4) and outputs["labels"].shape == (count,)
+                     and outputs["scores"].ndim == 1 and ("masks" not in outputs or (
+                         outputs["masks"].ndim == 4 and len(outputs["masks"]) == count)),
+                     outputs["boxes"])
         keep = outputs["scores"] > self.meta["detection"]["score_thresh"]
         return {name: torch.from_numpy(np.ascontiguousarray(value[keep]))
                 for name, value in outputs.items()}
+
+    def _run(self, array: np.ndarray) -> list[np.ndarray]:
+        try:
+            return self.engine.run(array)
+        except Exception as error:  # noqa: BLE001 - the runtimes raise their own kinds
+            raise UsageError(f"{self.source} failed in {self.engine.kind}: "
+                             f"{one_line(error)[:300]} (its graph does not take the input its "
+                             "metadata describes)") from None
+
+    def _expect(self, fits: bool, output: np.ndarray) -> None:
+        if not fits:
+            raise UsageError(f"{self.source}: the graph's output (shape {list(output.shape)}) "
+                             f"does not fit its {self.meta['task']} metadata")
 
 
 def _array(tensor: torch.Tensor) -> np.ndarray:
