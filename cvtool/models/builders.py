@@ -120,6 +120,7 @@ _REGISTRY_KWARGS: dict[tuple[str, str], dict[str, Check]] = {
                                 "weights_backbone": NOTHING, "min_size": SIDE, "max_size": SIDE},
     ("torchvision", "segment-semantic"): {"num_classes": CLASSES, "weights": NOTHING,
                                           "weights_backbone": NOTHING, "aux_loss": BOOLEAN},
+    ("pypi", "classify"): {"num_classes": CLASSES, "pretrained": choice(False)},
     ("smp", "segment-semantic"): {
         "encoder_name": name_like, "encoder_weights": NOTHING, "encoder_depth": integer(3, 5),
         "classes": CLASSES, "decoder_channels": integers(1, MAX_CHANNELS, 1, 8)},

