@@ -322,13 +322,16 @@ def test_without_the_runtime_export_and_exported_models_are_exit_3(
 
 
 def test_folding_keeps_what_every_norm_computes() -> None:
+    import timm
     import torch
     import torchvision
 
     from cvtool.export.fold import fold_batch_norms
 
     torch.manual_seed(0)
-    for build in (torchvision.models.mobilenet_v3_small, torchvision.models.resnet18):
+    # timm's BatchNormAct2d applies ReLU6 after normalising: folding must keep that.
+    lite = lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False)  # noqa: E731
+    for build in (torchvision.models.mobilenet_v3_small, torchvision.models.resnet18, lite):
         model = build().eval()
         for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm2d):

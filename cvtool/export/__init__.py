@@ -1,8 +1,9 @@
 """`cvtool export`: a model as ONNX or OpenVINO IR, verified against eager PyTorch first.
 
-`exporter` runs it (`api`: from Python), `sources` loads what is exported per task, `fold` folds batch norms,
-`verify` compares the runtime's outputs with eager PyTorch's. What an export file holds and how
-inference runs one: `cvtool.models.exported` and `cvtool.models.runtimes`. No torch here.
+`exporter` runs it (`api`: from Python), `sources` loads what is exported per task, `fold` folds
+batch norms, `verify` compares the runtime's outputs with eager PyTorch's. What an export file
+holds and how inference runs one: `cvtool.models.exported` and `cvtool.models.runtimes`. No
+torch here.
 """
 
 from __future__ import annotations

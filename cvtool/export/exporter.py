@@ -4,9 +4,10 @@ ONNX comes from torch.onnx's TorchScript-based exporter (`dynamo=False`): it is 
 exports every family cvtool serves (torchvision's R-CNNs, LR-ASPP and cvtool's small CNNs fail
 torch.export here), with dynamic batch, height and width where asked. OpenVINO IR comes from
 OpenVINO's own PyTorch frontend (see `OpenVinoArtifact`). Both see the same `Graph`, with batch
-norms folded into their convolutions first (`cvtool.export.fold`). The runtime then loads the graph from memory and its outputs are
-compared with the unfolded eager model's on real images (`cvtool.export.verify`); only an export
-within tolerance is written, atomically, with its metadata and verification figures inside it.
+norms folded into their convolutions first (`cvtool.export.fold`). The runtime then loads the
+graph from memory and its outputs are compared with the unfolded eager model's on real images
+(`cvtool.export.verify`); only an export within tolerance is written, atomically, with its
+metadata and verification figures inside it.
 """
 
 from __future__ import annotations

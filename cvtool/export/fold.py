@@ -1,11 +1,12 @@
 """Batch norm folded into the convolution before it, for export.
 
-In eval mode a batch norm is a per-channel affine map, so a convolution followed only by one is a
-convolution with rescaled weights and a shifted bias. The pairs are found by running the model
+In eval mode a batch norm is a per-channel affine map, so a convolution followed only by one is
+a convolution with rescaled weights and a shifted bias. The pairs are found by running the model
 once: a batch norm whose input is the very tensor a convolution has just returned follows it.
 Hooks see every architecture the same way (torchvision's Sequential blocks, ResNet's `conv1`/
-`bn1` attributes, smp's decoders, the R-CNN backbones' frozen batch norms) where a graph trace
-would refuse the detectors. Export verifies the folded model's outputs against the unfolded one.
+`bn1` attributes, smp's decoders, the R-CNN backbones' frozen batch norms, timm's
+BatchNormAct2d, whose activation stays) where a graph trace would refuse the detectors. Export
+verifies the folded model's outputs against the unfolded one.
 """
 
 from __future__ import annotations
@@ -31,8 +32,23 @@ def fold_batch_norms(module: nn.Module, run: Callable[[nn.Module], object]) -> i
     for conv, norm in pairs:
         _fold(conv, norm)
         parent, name = parents[id(norm)]
-        setattr(parent, name, nn.Identity())
+        setattr(parent, name, _after_folding(norm))
     return len(pairs)
+
+
+def _after_folding(norm: nn.Module) -> nn.Module:
+    """What is left of `norm` once its affine map is in the convolution: nothing, or what
+    timm's BatchNormAct2d applies after normalising (dropout, then its activation)."""
+    if type(norm) in NORMS:
+        return nn.Identity()
+    return nn.Sequential(norm.drop, norm.act)
+
+
+def _foldable(norm: nn.Module) -> bool:
+    # Exactly the plain norms and timm's norm + activation; any other subclass may compute more.
+    return type(norm) in NORMS or (type(norm).__name__ == "BatchNormAct2d"
+                                   and isinstance(norm, nn.BatchNorm2d)
+                                   and hasattr(norm, "act") and hasattr(norm, "drop"))
 
 
 def _pairs(module: nn.Module,
@@ -57,7 +73,7 @@ def _pairs(module: nn.Module,
         layers[id(layer)] = layer
         if isinstance(layer, CONVOLUTIONS):
             hooks.append(layer.register_forward_hook(after_conv))
-        elif isinstance(layer, NORMS):
+        elif _foldable(layer):
             hooks.append(layer.register_forward_pre_hook(before_norm))
     try:
         run(module)
