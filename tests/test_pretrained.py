@@ -80,3 +80,13 @@ def test_key_names_from_elsewhere_are_one_line_usage_errors(tmp_path: Path) -> N
                     weights)
     assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert "not EfficientNet-Lite0's" in result.stderr
+
+
+@pytest.mark.parametrize(("task", "house"), [("detect", "shapes-maskrcnn"),
+                                             ("segment-semantic", "shapes-unet")])
+def test_offline_the_missing_default_names_the_model_that_works(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, task: str, house: str) -> None:
+    monkeypatch.setenv("CVTOOL_OFFLINE", "1")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
+    result = cvtool(task, ROOT / "sample_images" / "shapes" / "shapes_00.png")
+    assert result.code == 3 and f"`-m {house}` works offline" in result.stderr, result.stderr

@@ -167,10 +167,18 @@ def _default_weights_label(spec: ModelSpec) -> str | None:
     return spec.weights.partition(":")[2] if spec.weights else None
 
 
+# What runs offline in place of a task's default model: named when its weights are missing.
+OFFLINE_ALTERNATIVES = {"detect": "shapes-maskrcnn", "segment-instance": "shapes-maskrcnn",
+                        "segment-semantic": "shapes-unet", "classify": "efficientnet_lite0"}
+
+
 def _not_cached_message(spec: ModelSpec, reason: str) -> str:
+    alternative = OFFLINE_ALTERNATIVES.get(spec.task)
+    hint = (f"; `-m {alternative}` works offline" if alternative and alternative != spec.name
+            else "")
     return (f"default weights for {spec.name} are not cached and {reason}; "
             f"run `cvtool models pull {spec.name}` with network access, "
-            f"or pass a state dict file with `--weights PATH`")
+            f"or pass a state dict file with `--weights PATH`{hint}")
 
 
 def load_fitting(module: nn.Module, state: Mapping[str, Any], source: str,
