@@ -344,3 +344,15 @@ def test_folding_keeps_what_every_norm_computes() -> None:
             assert folded == sum(isinstance(m, torch.nn.BatchNorm2d) for m in build().modules())
             assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
             assert torch.allclose(model(image), expected, atol=1e-4)
+
+
+def test_a_run_directory_exports_and_classifies_as_eager(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    trained = cvtool("train", "classify", "--data", "digits", "--model", "cnn", "--batch-norm",
+                     "--epochs", "1", "-o", run, "-q")
+    assert trained.code == 0, trained.stderr
+    path = tmp_path / "run.onnx"
+    summary = export(str(run), path)
+    # cvtool's trainer folds its batch norms when it saves: none are left to fold here.
+    assert summary["folded_batch_norms"] == 0 and metadata(path)["model"] == str(run)
+    assert_same_classes(records("classify", run, DIGITS), records("classify", path, DIGITS))
