@@ -182,10 +182,10 @@ def _detector(options: ExportOptions, task: str, images: list[tuple[str, Any]],
     # Traced on an image with detections, so every branch of the heads is in the graph.
     module = loaded.module.eval()
     with torch.inference_mode():
-        found = [len(module([given])[0]["scores"]) for _, given in inputs]
-    inputs = [inputs[i] for i in sorted(range(len(inputs)), key=lambda i: found[i] == 0)]
-    with torch.inference_mode():
-        outputs = list(module([inputs[0][1]])[0])
+        found = [module([given])[0] for _, given in inputs]
+    outputs = list(found[0])
+    inputs = [inputs[i] for i in sorted(range(len(inputs)), key=lambda i: not len(
+        found[i]["scores"]))]
     heads = getattr(module, "roi_heads", module)
     return Source(task, loaded.name, module, inputs, "image", {1: "height", 2: "width"}, outputs,
                   {"categories": loaded.categories,

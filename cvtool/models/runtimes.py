@@ -139,11 +139,10 @@ class RuntimeModule:
     """An export standing in for the torch module it was made from.
 
     classify, segment-semantic, generate: called with an (N, ...) float tensor, returns the
-    graph's first output as a tensor; a graph exported for a fixed batch runs in chunks of it.
+    graph's first output as a tensor; a graph exported for batch 1 runs image by image.
     detect, segment-instance: called with a list of (3, H, W) images, returns one dict per image
     (boxes, labels, scores, masks, as torchvision's detectors do). Rows scoring at or under the
-    detector's own score threshold are dropped: eager PyTorch never returns them, and OpenVINO
-    returns one such placeholder row for an image with no detections.
+    detector's own score threshold are dropped, as eager PyTorch never returns them.
     """
 
     def __init__(self, engine: OnnxEngine | OpenVinoEngine, meta: dict[str, Any],
@@ -172,17 +171,14 @@ class RuntimeModule:
 
     def _batched(self, batch: torch.Tensor) -> torch.Tensor:
         array = _array(batch)
-        step = self.batch or len(array)
+        step = self.batch or len(array)  # exports take batch 1, or any batch
         chunks = []
         for start in range(0, len(array), step):
             chunk = array[start:start + step]
-            short = step - len(chunk)
-            if short:  # a fixed-batch graph: pad the last chunk, drop the padding's outputs
-                chunk = np.concatenate([chunk, np.zeros((short, *chunk.shape[1:]), chunk.dtype)])
             output = self._run(chunk)[0]
             self._expect(output.ndim == (2 if self.meta["task"] == "classify" else 4)
-                         and len(output) == step and self._channels_fit(output), output)
-            chunks.append(output[:step - short])
+                         and len(output) == len(chunk) and self._channels_fit(output), output)
+            chunks.append(output)
         return torch.from_numpy(np.concatenate(chunks))
 
     def _channels_fit(self, output: np.ndarray) -> bool:
