@@ -100,7 +100,6 @@ def _workers(launcher: int) -> list[int]:
     return children
 
 
-@pytest.mark.slow  # torchrun's restart once failed to reconnect gloo in a loaded full suite
 def test_a_killed_worker_is_restarted_and_the_run_resumes_by_itself(tmp_path: Path) -> None:
     args = [*DIGITS_CNN, "--epochs", "3"]
     single = cvtool("train", *args, "-o", tmp_path / "one")

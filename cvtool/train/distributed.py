@@ -53,8 +53,23 @@ def start(device: str) -> torch.device:
     elif target.type != "cpu":
         raise UsageError(f"distributed training runs on cpu or cuda, not {target.type}")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", timeout=TIMEOUT)
+        dist.init_process_group("nccl" if target.type == "cuda" else "gloo", store=_store(),
+                                rank=WORLD.rank, world_size=WORLD.size, timeout=TIMEOUT)
     return target
+
+
+def _store() -> dist.Store:
+    """torch's own store for the env:// rendezvous, under a prefix of its own for each of
+    torchrun's restarts. torchrun's agent keeps one store for the whole job (torch 2.14), so
+    without it a restarted rank can read the address a dead rank published in an earlier
+    attempt and wait on it for ever; `init_process_group(init_method="env://")` adds no such
+    prefix. Every agent of a one-node job restarts its group together, so they agree on
+    TORCHELASTIC_RESTART_COUNT (`WORLD.restarts`)."""
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", WORLD.rank, WORLD.size, timeout=TIMEOUT))
+    store.set_timeout(TIMEOUT)
+    return dist.PrefixStore(f"cvtool/attempt-{WORLD.restarts}", store)
 
 
 def stop() -> None:
