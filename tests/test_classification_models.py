@@ -107,9 +107,15 @@ def test_cached_state_shows_in_describe_and_pull(torch_home: Path) -> None:
     _cache_file(torch_home).parent.mkdir(parents=True)
     torch.save(_reference().state_dict(), _cache_file(torch_home))
     assert pull(spec, offline=True) == _cache_file(torch_home)
-    assert describe(spec) == {"name": NAME, "task": "classify", "source": "torchvision",
-                              "default_weights": "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
-                              "cached": True}
+    row = describe(spec)
+    meta = DEFAULT.meta
+    assert row == {"name": NAME, "task": "classify", "source": "torchvision",
+                   "default_weights": "MobileNet_V3_Small_Weights.IMAGENET1K_V1", "cached": True,
+                   "params": meta["num_params"], "gflops": meta["_ops"],
+                   "accuracy": meta["_metrics"]["ImageNet-1K"]["acc@1"],
+                   "metric": "acc@1 ImageNet-1K", "input_size": 224,
+                   # once cached, the size of the file on disk (this test's own file)
+                   "size_mb": round(_cache_file(torch_home).stat().st_size / 2**20, 3)}
 
 
 @pytest.mark.parametrize("weights", ["none", "file"])

@@ -48,7 +48,26 @@ def test_models_lists_every_torchvision_classifier(tmp_path, monkeypatch):
     assert {row["name"] for row in rows} == expected
     resnet = next(row for row in rows if row["name"] == "resnet50")
     assert resnet == {"name": "resnet50", "task": "classify", "source": "torchvision",
-                      "default_weights": "ResNet50_Weights.IMAGENET1K_V2", "cached": False}
+                      "default_weights": "ResNet50_Weights.IMAGENET1K_V2", "cached": False,
+                      "params": 25557032, "gflops": 4.089, "accuracy": 80.858,
+                      "metric": "acc@1 ImageNet-1K", "input_size": 224, "size_mb": 97.79}
+
+
+def test_models_filter_and_formats(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    names = [row["name"] for row in cvtool("models", "--filter", "RESNET5?", "--format",
+                                           "jsonl").records()]
+    assert names == ["resnet50"]
+    substring = cvtool("models", "--filter", "maskrcnn", "--format", "csv")
+    assert substring.code == 0
+    header, *lines = substring.stdout.splitlines()
+    assert header.split(",")[:3] == ["name", "task", "source"] and "gflops" in header
+    assert {line.split(",")[0] for line in lines} == {
+        "maskrcnn_resnet50_fpn", "maskrcnn_resnet50_fpn_v2", "shapes-maskrcnn"}
+    table = cvtool("models", "--filter", "digits-cnn", "--format", "table")
+    assert "digits-cnn" in table.stdout and "val_accuracy" in table.stdout
+    none = cvtool("models", "--filter", "no-such-model*")
+    assert none.code == 0 and none.stdout == "" and "no model matches" in none.stderr
 
 
 def test_models_shows_cached_weights(tmp_path, monkeypatch):

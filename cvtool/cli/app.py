@@ -268,15 +268,24 @@ def models(
     encoder: Annotated[Optional[str], typer.Option(
         help="With pull smp:ARCH: the encoder whose ImageNet weights to fetch  "
              "[default: resnet34]", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option(
+        help="With pull: published weights other than the default: a torchvision weights "
+             "name (IMAGENET1K_V1) or a timm tag", show_default=False)] = None,
+    filter: Annotated[Optional[str], typer.Option(
+        "--filter", help="Only names matching this pattern (shell wildcards, any case; "
+                         "without one, a substring). 'timm:*' lists timm's pretrained models.",
+        show_default=False)] = None,
     format: Format = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """List the registry (`cvtool models [TASK]`) or fetch weights (`cvtool models pull NAME`)."""
+    """List models with their parameters, GFLOPs, published accuracy, input size and cache
+    state (`cvtool models [TASK] [--filter P]`), or fetch weights (`cvtool models pull NAME`)."""
     from cvtool.cli.commands import models as run
 
     env = current(quiet, debug)
-    finish(run, env, args or [], fmt=format, encoder=encoder)
+    finish(run, env, args or [], fmt=format, encoder=encoder, weights=weights,
+           pattern=filter)
 
 
 @app.command()

@@ -173,33 +173,38 @@ def _summarise(env: Environment, tally: Any) -> None:
 
 
 def models(env: Environment, args: list[str], fmt: str | None,
-           encoder: str | None = None) -> int:
+           encoder: str | None = None, weights: str | None = None,
+           pattern: str | None = None) -> int:
     from cvtool.models import registry
 
     if args[:1] == ["pull"]:
         if len(args) != 2:
-            raise UsageError("usage: cvtool models pull NAME [--encoder ENCODER]")
-        return _pull(env, registry.get_spec(args[1]), encoder)
-    if encoder is not None:
-        raise UsageError("--encoder goes with `cvtool models pull smp:<arch>`")
+            raise UsageError("usage: cvtool models pull NAME [--encoder ENCODER | --weights W]")
+        return _pull(env, registry.get_spec(args[1]), encoder, weights)
+    if encoder is not None or weights is not None:
+        raise UsageError("--encoder and --weights go with `cvtool models pull NAME`")
+    if pattern is not None and args[:1] == ["pull"]:
+        raise UsageError("--filter goes with the listing, not with pull")
     if len(args) > 1:
         raise UsageError("usage: cvtool models [TASK] | cvtool models pull NAME")
     task = args[0] if args else None
     if task is not None and task not in TASKS:
         raise UsageError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    from cvtool.models.weights import describe
+    from cvtool.models.catalog import catalog
 
-    rows = [describe(spec) for spec in registry.list_models(task)]
+    rows = catalog(task, pattern, env.log)
+    if not rows:
+        env.log(f"no model matches {pattern!r}" if pattern else "no models")
     _write_rows(env, rows, resolve_format(env, fmt, RECORD_FORMATS))
     return ExitStatus.SUCCESS
 
 
-def _pull(env: Environment, spec: Any, encoder: str | None) -> int:
+def _pull(env: Environment, spec: Any, encoder: str | None, weights: str | None) -> int:
     from cvtool.models import pull
 
     if encoder is not None and spec.source != "smp":
         raise UsageError(f"--encoder applies to smp:<arch> models only, not to {spec.name}")
-    path = pull(spec, offline=env.offline, encoder=encoder)
+    path = pull(spec, offline=env.offline, encoder=encoder, weights=weights)
     env.log(f"{spec.name}: weights cached at {path}")
     print(path, file=env.stdout, flush=True)
     return ExitStatus.SUCCESS

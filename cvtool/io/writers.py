@@ -323,7 +323,9 @@ def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
         table = Table(*columns, box=None, header_style="bold")
         for row in rows:
             table.add_row(*(_cell(row[c]) for c in columns))
-        Console(file=stream, no_color=no_color, highlight=False).print(table)
+        # Into a file or pipe, rows stay whole lines instead of wrapping at 80 columns.
+        width = None if getattr(stream, "isatty", lambda: False)() else 1000
+        Console(file=stream, no_color=no_color, highlight=False, width=width).print(table)
     stream.flush()
 
 

@@ -108,6 +108,9 @@ _OWN: dict[str, dict[str, Check]] = {
     "cvtool.generative.vae:vae": {**_GENERATIVE, "levels": integer(2, 256),
                                   "latent_dim": integer(1, 4096)},
     "cvtool.generative.gan:gan": {**_GENERATIVE, "latent_dim": integer(1, 4096)},
+    # timm's models, by architecture name (checked against timm's list when built).
+    "timm:create_model": {"model_name": name_like, "num_classes": CLASSES,
+                          "pretrained": choice(False), "img_size": SIDE},
 }
 
 # What cvtool's trainers and loaders pass to the registry's own builders, per task.

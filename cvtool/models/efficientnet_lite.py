@@ -22,6 +22,9 @@ PREPROCESSING = {"crop_size": 224, "resize_size": 256, "mean": [0.5, 0.5, 0.5],
                  "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"}
 STAGE_BLOCKS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0 (and B0)
 TENSORS = 296  # entries in the package's state dict, num_batches_tracked included
+# `cvtool models` figures, counted on timm's architecture (tests/test_timm.py recounts them).
+PARAMS = 4_652_008
+GFLOPS = 0.385  # one 224x224 image, torchvision's `_ops` convention
 
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2",
         "_fc": "classifier"}

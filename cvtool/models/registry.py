@@ -13,6 +13,9 @@ Sources:
   efficientnet_lite.py).
 - "smp": segmentation-models-pytorch architectures, named `smp:<arch>`; the encoder is chosen at
   load time (`--encoder`), so `weights` is None and the default is the encoder's ImageNet weights.
+- "timm": timm's classifiers, named `timm:<architecture>[.<tag>]`. Not listed here: timm's own
+  registry is the list (cvtool/models/timm_models.py), and a name is checked against it only
+  when the model is used, since importing timm takes seconds.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from typing import Any
 from cvtool.core.status import UsageError
 from cvtool.core.tasks import TASKS
 
-SOURCES = ("torchvision", "house", "pypi", "smp")
+SOURCES = ("torchvision", "house", "pypi", "smp", "timm")
+TIMM_PREFIX = "timm:"
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # cvtool/, which holds house/
 
 
@@ -247,7 +251,7 @@ def list_models(task: str | None = None) -> list[ModelSpec]:
 
 
 def is_registered(name: str) -> bool:
-    return name in _REGISTRY
+    return name in _REGISTRY or name.startswith(TIMM_PREFIX)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -255,6 +259,10 @@ def get_spec(name: str) -> ModelSpec:
     spec = _REGISTRY.get(name)
     if spec is not None:
         return spec
+    if name.startswith(TIMM_PREFIX):
+        from cvtool.models.timm_models import spec as timm_spec
+
+        return timm_spec(name)
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UsageError(

@@ -32,8 +32,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -59,7 +58,7 @@ from cvtool.models.loading import (
     warn_on_stderr,
 )
 from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.models.weights import state_dict_for
+from cvtool.models.weights import HF_HOST, chosen_weights, hub_offline, state_dict_for, unreachable
 
 if TYPE_CHECKING:
     from torch import nn
@@ -161,7 +160,7 @@ def _without_downloads(architecture: Any) -> Any:
 
 def _torchvision_segmenter(spec: ModelSpec, weights: str, offline: bool,
                            warn: Warn) -> LoadedSegmenter:
-    default = resolve_reference(spec.weights)
+    default = chosen_weights(spec, weights)
     categories = list(default.meta["categories"])
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
@@ -256,7 +255,8 @@ def encoder_normalisation(encoder: str, offline: bool,
     from segmentation_models_pytorch.encoders import get_preprocessing_params
 
     try:
-        with hub_offline(offline):
+        # Without network, the cache alone (huggingface_hub would retry for half a minute).
+        with hub_offline(offline or unreachable(HF_HOST) is not None):
             params = get_preprocessing_params(encoder, pretrained="imagenet")
         return list(params["mean"]), list(params["std"])
     except (OSError, ValueError, KeyError) as error:
@@ -294,31 +294,19 @@ def cached_encoder_file(encoder: str) -> str | None:
 def fetch_pretrained(fetch: Callable[[], Any], spec: ModelSpec, encoder: str,
                      offline: bool) -> Any:
     """`fetch()` (which downloads encoder weights through smp) with cvtool's errors."""
+    no_network = None if offline else unreachable(HF_HOST)
     try:
-        with hub_offline(offline):
+        with hub_offline(offline or no_network is not None):
             return fetch()
     except KeyError as error:
         raise UsageError(f"encoder {encoder}: {one_line(error)}") from None
     except OSError as error:  # huggingface_hub's errors: not cached, offline, HTTP, connection
-        reason = ("CVTOOL_OFFLINE=1 forbids downloading" if offline else
+        reason = ("CVTOOL_OFFLINE=1 forbids downloading" if offline else no_network or
                   f"the download failed ({type(error).__name__}: {one_line(error, 160)})")
         raise ResourceUnavailable(
             f"ImageNet weights of encoder {encoder} are not in the Hugging Face cache and "
             f"{reason}; run `cvtool models pull {spec.name} --encoder {encoder}` with network "
             "access, or pass a state dict file with `--weights PATH`") from None
-
-
-@contextmanager
-def hub_offline(offline: bool) -> Iterator[None]:
-    """huggingface_hub's offline mode (cache only, no request at all) for the block, if asked."""
-    from huggingface_hub import constants
-
-    saved = constants.HF_HUB_OFFLINE
-    constants.HF_HUB_OFFLINE = saved or offline
-    try:
-        yield
-    finally:
-        constants.HF_HUB_OFFLINE = saved
 
 
 def _own_size_transforms(mean: list[float], std: list[float]) -> nn.Module:

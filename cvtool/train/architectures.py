@@ -26,6 +26,8 @@ def build_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
         module = resolve_reference(architecture["builder"])(**architecture["kwargs"])
         initialise(module, config.resolved_init, config.activation)
         return module, architecture
+    if config.model.startswith("timm:"):
+        return _timm_classifier(config, input_shape, num_classes, offline, warn)
     return _torchvision_classifier(config, input_shape, num_classes, offline, warn)
 
 
@@ -46,8 +48,8 @@ def _torchvision_classifier(config: ClassifyConfig, input_shape: tuple[int, int,
                             warn: Warn) -> tuple[nn.Module, dict[str, Any]]:
     spec = get_spec(config.model)  # unknown names: usage error with close matches
     if spec.task != "classify" or spec.source != "torchvision":
-        raise UsageError(f"--model {config.model}: expected knn, linear, mlp, cnn or a "
-                         f"torchvision classifier (`cvtool models classify`)")
+        raise UsageError(f"--model {config.model}: expected knn, linear, mlp, cnn, a "
+                         f"torchvision classifier (`cvtool models classify`) or timm:<name>")
     kwargs: dict[str, Any] = {"num_classes": num_classes, **_input_size_kwargs(config.model,
                                                                              input_shape)}
     if config.model in _AUX_LOGITS:
@@ -58,16 +60,63 @@ def _torchvision_classifier(config: ClassifyConfig, input_shape: tuple[int, int,
     return module, {"builder": spec.builder, "kwargs": kwargs}
 
 
+def _timm_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
+                     num_classes: int, offline: bool,
+                     warn: Warn) -> tuple[nn.Module, dict[str, Any]]:
+    """timm's architecture with a new class head: from scratch (--weights none), from a tag's
+    weights (default, or --weights TAG; timm's load_pretrained fits them), or from a file."""
+    import cvtool.models.timm_models as hub
+    from cvtool.models.weights import load_fitting, read_state_dict, state_dict_for
+
+    architecture, tag = hub.resolve(config.model, config.weights)
+    model_config = hub.pretrained_config(architecture, tag)
+    kwargs: dict[str, Any] = {"model_name": architecture, "num_classes": num_classes,
+                              "pretrained": False}
+    if model_config.get("fixed_input_size") and \
+            tuple(model_config["input_size"][1:]) != tuple(input_shape[1:]):
+        kwargs["img_size"] = input_shape[1]  # position embeddings, window partitions
+    extra = {key: value for key, value in kwargs.items() if key == "img_size"}
+    if config.weights == "none":
+        return hub.create(architecture, None, num_classes, **extra), kwargs_meta(kwargs)
+    if config.weights == "default" or hub.is_tag_choice(config.weights):
+        label = f"{hub.PREFIX}{architecture}.{tag}"
+        state = read_state_dict(hub.weights_file(label, model_config, offline))
+        module = hub.create(architecture, tag, num_classes, state, **extra)
+        warn(f"{label}: the class head starts untrained ({num_classes} classes)")
+        return module, kwargs_meta(kwargs)
+    module = hub.create(architecture, None, num_classes, **extra)
+    _, state = state_dict_for(get_spec(config.model), config.weights, offline)
+    fresh = load_fitting(module, state, f"--weights {config.weights}", config.model)
+    if fresh:
+        warn(f"{len(fresh)} tensors of {config.model} start untrained ({', '.join(fresh[:3])}"
+             f"{', ...' if len(fresh) > 3 else ''}): the class head is new")
+    return module, kwargs_meta(kwargs)
+
+
+def kwargs_meta(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The `architecture` meta of a timm model (cvtool.models.builders checks it on load)."""
+    from cvtool.models.timm_models import BUILDER
+
+    return {"builder": BUILDER, "kwargs": kwargs}
+
+
 def pretrained_preprocessing(config: ClassifyConfig) -> dict[str, Any] | None:
     """What a fine-tuned torchvision model's weights expect: their own transforms() (resize
     size and interpolation, crop, mean, std), as checkpoint meta stores them; None when the run
     trains from scratch. --image-size sets the crop, and the resize keeps the weights' ratio."""
     if config.model in SMALL_MODELS or config.weights == "none":
         return None
+    if config.model.startswith("timm:"):
+        import cvtool.models.timm_models as hub
+
+        architecture, tag = hub.resolve(config.model, config.weights)
+        return hub.preprocessing(hub.pretrained_config(architecture, tag), config.image_size)
     spec = get_spec(config.model)
     if spec.source != "torchvision" or spec.weights is None:
         return None
-    transforms = resolve_reference(spec.weights).transforms()
+    from cvtool.models.weights import chosen_weights
+
+    transforms = chosen_weights(spec, config.weights).transforms()
     crop, resize = transforms.crop_size[0], transforms.resize_size[0]
     if config.image_size is not None:
         crop, resize = config.image_size, round(config.image_size * resize / crop)
