@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cvtool.models import efficientnet_lite as lite
-from tests.clirun import ROOT, cvtool
+from tests.clirun import ROOT, cvtool, cvtool_process
 
 PHOTOS = ROOT / "sample_images" / "photos"
 CATS = {"tabby", "tiger cat", "Egyptian cat"}
@@ -90,3 +90,43 @@ def test_offline_the_missing_default_names_the_model_that_works(
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # nothing cached
     result = cvtool(task, ROOT / "sample_images" / "shapes" / "shapes_00.png")
     assert result.code == 3 and f"`-m {house}` works offline" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("command", ["classify", "detect", "segment-semantic"])
+def test_a_mistyped_input_with_the_default_model_is_a_missing_file(
+        command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The default detect / segment-semantic weights are not cached here: the typo is what is
+    # reported (per-input records, exit 1), checked before any model loads.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("CVTOOL_OFFLINE", "1")
+    result = cvtool(command, "sample_images/photos/cofee.jpg", tmp_path / "nope.png")
+    assert result.code == 1, result.stderr
+    assert [r["error"]["type"] for r in result.records()] == ["FileNotFoundError"] * 2
+    assert "weights" not in result.stderr
+    # One real input among them: the model is needed; without its weights, exit 3 (the
+    # offline default classifier runs: the typo alone fails, exit 1).
+    real = cvtool(command, "sample_images/photos/cofee.jpg", PHOTOS / "coffee.jpg")
+    assert real.code == (1 if command == "classify" else 3), real.stderr
+
+
+@pytest.mark.parametrize("args", [["segment-semantic", str(PHOTOS / "coffee.jpg"), "-m",
+                                   "smp:unet"],
+                                  ["models", "pull", "smp:unet"],
+                                  ["detect", str(PHOTOS / "coffee.jpg")]])
+def test_without_network_downloads_fail_in_seconds_with_one_line(args: list[str],
+                                                                  tmp_path: Path) -> None:
+    import time
+
+    from cvtool.models.weights import HF_HOST, unreachable
+
+    if unreachable(HF_HOST) is None:
+        pytest.skip("this machine reaches the network")
+    started = time.monotonic()
+    done = cvtool_process(*args, env={"HF_HOME": str(tmp_path / "hf"),
+                                      "TORCH_HOME": str(tmp_path / "torch"),
+                                      "CVTOOL_OFFLINE": ""})
+    assert time.monotonic() - started < 20  # huggingface_hub alone retries for ~25 s
+    assert done.code == 3, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "cannot be reached" in errors[0]
+    assert "Downloading" not in done.stderr and "Traceback" not in done.stderr

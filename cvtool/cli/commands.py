@@ -5,6 +5,7 @@ Kept apart from `cli.py` so the Typer layer stays a thin declaration of options.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,45 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
     from cvtool.io.writers import make_writer
 
     writer = make_writer(fmt, env.stdout, Classifier.task, env.no_color)
+    missing = _missing_only(env, sources, common, Classifier.task, options.model, writer)
+    if missing is not None:
+        return missing
     predictor = Classifier(on_driver(options, engine), warn=env.warn, offline=env.offline)
     return _stream(env, sources, common, predictor, writer,
                    {"batch_size": options.batch_size, "topk": options.topk, "tta": options.tta},
                    engine=engine, options=options)
+
+
+def _missing_only(env: Environment, sources: list[str], common: InferenceOptions, task: str,
+                  model: Any, writer: Any) -> int | None:
+    """Where every input named is a file that does not exist (a mistyped path), their error
+    records and exit 1 without loading the model: the missing file is what to fix, not, say,
+    the model's uncached weights. None otherwise (also under --output, whose run directory
+    records its model, and with stdin or globs, which are listed as the run goes)."""
+    import glob
+
+    from cvtool.core.results import Record
+    from cvtool.inference.runner import Tally, stream_records
+
+    if common.output is not None or "-" in sources or any(
+            glob.has_magic(source) or os.path.lexists(source) for source in sources):
+        return None
+    listed = list(read_sources(env, sources, common.null))
+    if not listed or any(source.error is None for source in listed):
+        return None
+    name = model if isinstance(model, str) else ",".join(model)
+    records = (Record(path=source.path, task=task, model=name, error=source.error)
+               for source in runs_in_shard(listed, common.shard))
+    tally = Tally()
+    stream_records(env, records, writer, tally, common.max_failures)
+    _summarise(env, tally)
+    return tally.status()
+
+
+def runs_in_shard(listed: list[Any], shard: str | None) -> Any:
+    from cvtool.inference import runs
+
+    return runs.in_shard(listed, runs.parse_shard(shard))
 
 
 def on_driver(options: Any, engine: Any) -> Any:
@@ -231,6 +267,11 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
 
     ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
     kind = InstanceSegmenter if options.task == "segment-instance" else Detector
+    if not evaluate:
+        missing = _missing_only(env, sources, common, options.task, options.model,
+                                detection_writer(env, fmt, options.task, None, False)[0])
+        if missing is not None:
+            return missing
     predictor = kind(on_driver(options, engine), warn=env.warn, offline=env.offline)
     writer, collector = detection_writer(env, fmt, options.task, ground_truth, evaluate)
     settings = {"batch_size": options.batch_size, "conf": options.conf,
@@ -328,8 +369,13 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     from cvtool.inference.predictors import SemanticSegmenter
     from cvtool.io.writers import make_writer
 
+    writer = make_writer(fmt, env.stdout, SemanticSegmenter.task, env.no_color)
+    if not evaluate:
+        missing = _missing_only(env, sources, common, SemanticSegmenter.task, options.model,
+                                writer)
+        if missing is not None:
+            return missing
     predictor = SemanticSegmenter(on_driver(options, engine), warn=env.warn, offline=env.offline)
-    writer = make_writer(fmt, env.stdout, predictor.task, env.no_color)
     settings = {"batch_size": options.batch_size, "gt_masks": options.gt_masks}
     evaluation = predictor.evaluation
     return _stream(env, sources, common, predictor, writer, settings,
