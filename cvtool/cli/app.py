@@ -58,11 +58,12 @@ Sources = Annotated[Optional[list[str]], typer.Argument(
     help="Image files, directories (recursive), quoted globs, or - to read paths from stdin.",
     show_default=False)]
 Models = Annotated[Optional[list[str]], typer.Option(
-    "--model", "-m", help="Registry name, or a cvtool checkpoint file / run directory. "
-                          "Give it more than once for an ensemble.  "
+    "--model", "-m", help="Registry name (`cvtool models`), timm:NAME, or a cvtool checkpoint "
+                          "file / run directory. Give it more than once for an ensemble.  "
                           f"[default: {DEFAULT_CLASSIFIER}]", show_default=False)]
 Weights = Annotated[Optional[list[str]], typer.Option(
-    help="default | none (random init) | PATH to a state dict; once, or once per --model.",
+    help="default | none (random init) | NAME (published weights: IMAGENET1K_V1, a timm tag) "
+         "| PATH to a state dict; once, or once per --model.",
     show_default=False)]
 # Format, when a command has no shared inference options (models, benchmark-device has its own).
 Format = Annotated[Optional[str], typer.Option(
@@ -113,7 +114,8 @@ OneModel = Annotated[Optional[str], typer.Option(
                           f"{DEFAULT_DETECTORS['segment-instance']} for segment-instance]",
     show_default=False)]
 OneWeights = Annotated[str, typer.Option(
-    help="default | none (random init) | PATH to a state dict.")]
+    help="default | none (random init) | NAME (published weights: IMAGENET1K_V1) | PATH to a "
+         "state dict.")]
 
 
 @inference_command(DetectOptions)
@@ -221,7 +223,8 @@ def export(
         "--output", "-o", help="FILE.onnx, FILE.xml (OpenVINO, beside FILE.bin) or a directory "
                                "for OpenVINO's model.xml.", show_default=False)] = None,
     weights: Annotated[str, typer.Option(
-        help="default | none (random init) | PATH to a state dict.")] = "default",
+        help="default | none (random init) | NAME (published weights: IMAGENET1K_V1) | PATH to a "
+         "state dict.")] = "default",
     format: Annotated[Optional[str], typer.Option(
         "--format", help="onnx | openvino  [default: from the output's suffix, else onnx]",
         show_default=False)] = None,

@@ -24,7 +24,7 @@ train_app = typer.Typer(name="train", no_args_is_help=True, rich_markup_mode=Non
 Data = Annotated[Optional[str], typer.Option(
     help="digits, or DIR with train/<class>/ (and val/<class>/) images.", show_default=False)]
 Model = Annotated[str, typer.Option(
-    "--model", "-m", help="knn | linear | mlp | cnn | a torchvision classifier name.")]
+    "--model", "-m", help="knn | linear | mlp | cnn | a torchvision classifier | timm:NAME.")]
 Output = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="The run directory (new or empty, unless --force).",
     show_default=False)]
