@@ -343,8 +343,8 @@ def generate(
     schedule: DetectorSchedule = "cosine", warmup: GenerativeWarmup = 0, epochs: Epochs = None,
     batch_size: BatchSize = 64, image_size: ImageSize = None, val_split: ValSplit = 0.2,
     seed: Seed = 0, device: Device = "auto", precision: Precision = "fp32",
-    fid_samples: FidSamples = 500, threads: Threads = None, quiet: Quiet = False,
-    debug: Debug = False,
+    fid_samples: FidSamples = 500, threads: Threads = None,
+    nproc_per_node: NProcPerNode = 1, quiet: Quiet = False, debug: Debug = False,
 ) -> None:
     """Train a PixelCNN, VAE or GAN; samples, NLL / ELBO and (digits) FID each epoch."""
     from cvtool.train.config import GenerateConfig
@@ -355,4 +355,4 @@ def generate(
         schedule=schedule, warmup=warmup, epochs=epochs or 20, batch_size=batch_size,
         image_size=image_size, val_split=val_split, seed=seed, precision=precision,
         fid_samples=fid_samples),
-        data, output, resume, force, device, threads, quiet, debug, epochs)
+        data, output, resume, force, device, threads, quiet, debug, epochs, nproc_per_node)

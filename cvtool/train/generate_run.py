@@ -27,12 +27,12 @@ from torch import nn
 
 from cvtool.core.context import Environment
 from cvtool.core.device import autocast, seed_everything
-from cvtool.core.status import UsageError
 from cvtool.data.classification import DIGITS, digits_split, read_image_folder
 from cvtool.generative import gan, pixelcnn, vae
 from cvtool.generative.checkpoint import BUILDERS, describe
 from cvtool.generative.images import write_grid
 from cvtool.models.checkpoint import build_architecture
+from cvtool.train import distributed
 from cvtool.train.config import GenerateConfig
 from cvtool.train.loop import EpochTrainer, IterationSettings, optimizer_step, require_finite
 from cvtool.train.session import finish_run, parameters, start_run, train_epochs
@@ -60,12 +60,6 @@ class Images(torch.utils.data.Dataset):
 def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Path,
                    resume: bool, force: bool, device: str, threads: int | None) -> dict[str, Any]:
     """Train (or, with `resume`, continue) the run in `run_dir`; returns its summary."""
-    from cvtool.train.world import from_environment
-
-    if from_environment().distributed:
-        raise UsageError("train generate runs in one process: its models are trained through "
-                         "their own methods (encode, sample, two players), not one forward "
-                         "DDP can wrap; run it without torchrun")
     config, target = start_run(env, run_dir, resume, force, config, GenerateConfig, device, threads)
     train, val, description = load_images(config)
     seed_everything(config.seed)
@@ -82,6 +76,10 @@ def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Pat
     module = build_architecture({"architecture": architecture})
     meta = {"task": "generate", "architecture": architecture, "generative": describe(module),
             "training": {"config": config.to_dict(), "data": description}}
+    if distributed.WORLD.distributed:
+        # The model is rank 0's on every rank (DDP broadcasts it); the noise each rank draws
+        # (a VAE's reparameterisation, a GAN's latents) must differ, or the ranks' fakes repeat.
+        torch.manual_seed(config.seed * 1000 + distributed.WORLD.rank)
     trainer = GenerativeTrainer(module, config, train, val, target, run_dir)
     introduction = (f"{config.model}: {parameters(module) / 1e6:.3f}M parameters, "
                     f"{len(train)} train and {len(val)} held-out images of {channels}x"
@@ -92,7 +90,7 @@ def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Pat
     # For digits the summary's fid_digits is that of 1000 samples of best.* (metrics.jsonl has
     # each epoch's over --fid-samples).
     if config.data == DIGITS:
-        details.update(_final_fid(run_dir, config, env))
+        details.update(distributed.on_main(lambda: _final_fid(run_dir, config, env)))
     return finish_run(env, run_dir, state, trainer.panels, trainer.figure_keys, details)
 
 
@@ -127,6 +125,24 @@ def _to_tensor(images: list, size: int) -> torch.Tensor:
     return torch.stack(converted)
 
 
+class Objective(nn.Module):
+    """A family's training losses as one module's forward (a GAN's: the player's, as asked),
+    which is what DDP can wrap under torchrun: each rank's gradients are averaged over the
+    ranks in that player's backward, as for the other trainers' models."""
+
+    def __init__(self, model: nn.Module, family: str) -> None:
+        super().__init__()
+        self.model, self.family = model, family
+
+    def forward(self, images: torch.Tensor, player: str = "") -> dict[str, torch.Tensor]:
+        if self.family == "gan":
+            losses = (gan.discriminator_losses if player == "discriminator"
+                      else gan.generator_losses)
+            return losses(self.model, images)
+        return (pixelcnn.training_losses if self.family == "pixelcnn"
+                else vae.training_losses)(self.model, images)
+
+
 class GenerativeTrainer(EpochTrainer):
     def __init__(self, model: nn.Module, config: GenerateConfig, train: torch.Tensor,
                  val: torch.Tensor, device: torch.device, run_dir: Path) -> None:
@@ -134,7 +150,8 @@ class GenerativeTrainer(EpochTrainer):
             optimizer=config.optimizer, lr=config.resolved_lr, weight_decay=config.weight_decay,
             schedule=config.schedule, warmup=config.warmup, epochs=config.epochs,
             batch_size=config.batch_size, seed=config.seed, precision=config.precision)
-        super().__init__(model, settings, device, Images(train))
+        super().__init__(model, settings, device, Images(train),
+                         objective=lambda module: Objective(module, config.model))
         if config.model == "gan" and config.optimizer == "adam":
             for group in self.optimizer.param_groups:
                 group["betas"] = (0.5, 0.999)
@@ -147,9 +164,7 @@ class GenerativeTrainer(EpochTrainer):
         self.classifier = None
 
     def losses(self, batch: tuple[torch.Tensor]) -> dict[str, torch.Tensor]:
-        images = batch[0].to(self.device)
-        parts = (pixelcnn.training_losses if self.family == "pixelcnn"
-                 else vae.training_losses)(self.model, images)
+        parts = self.train_module(batch[0].to(self.device))
         # Train-set figures, apart from the held-out ones evaluate() reports under plain names.
         return {key if key == "loss" else f"train_{key}": value for key, value in parts.items()}
 
@@ -158,11 +173,12 @@ class GenerativeTrainer(EpochTrainer):
             return super().step(batch, share)
         images = batch[0].to(self.device)
         numbers: dict[str, float] = {}
-        for player, losses in (("discriminator", gan.discriminator_losses),
-                               ("generator", gan.generator_losses)):
+        for player in ("discriminator", "generator"):
             with autocast(self.device, self.settings.precision):
-                parts = losses(self.model, images)
+                parts = self.train_module(images, player)
             loss = require_finite(parts["loss"].float(), player, "lower --lr")
+            if share != 1.0:  # this rank's part of the global batch (see EpochTrainer.step)
+                loss = loss * share
             if player == "generator":  # only the generator's parameters may move now
                 loss.backward()
                 self.model.discriminator.zero_grad(set_to_none=True)

@@ -112,7 +112,8 @@ class EpochTrainer:
     epoch = 0  # the epoch being trained or evaluated
 
     def __init__(self, model: nn.Module, settings: IterationSettings, device: torch.device,
-                 train_set: Dataset, collate_fn: Callable | None = None) -> None:
+                 train_set: Dataset, collate_fn: Callable | None = None,
+                 objective: Callable[[nn.Module], nn.Module] | None = None) -> None:
         model = model.to(device)
         if distributed.WORLD.distributed and settings.sync_bn:
             model = distributed.convert_sync_batch_norm(model, device)
@@ -122,10 +123,13 @@ class EpochTrainer:
         self.optimizer = make_optimizer(settings.optimizer, trainable, settings.lr,
                                         settings.weight_decay)
         self.scaler = grad_scaler(device, settings.precision)
-        # What `losses` runs the training forward through: under torchrun, DDP over the model
-        # (gradients averaged across ranks); `model` itself is what is evaluated and saved.
-        self.train_module = (distributed.replicate(model, device)
-                             if distributed.WORLD.distributed else model)
+        # What `losses` runs the training forward through: the model, or the module
+        # `objective(model)` whose forward computes the losses (a generative model's); under
+        # torchrun, DDP over it (gradients averaged across ranks). `model` itself is what is
+        # evaluated and saved.
+        forward = model if objective is None else objective(model)
+        self.train_module = (distributed.replicate(forward, device)
+                             if distributed.WORLD.distributed else forward)
 
     def losses(self, batch: Any) -> dict[str, torch.Tensor]:
         raise NotImplementedError
