@@ -227,3 +227,57 @@ def test_invalid_preprocessing_is_a_usage_error() -> None:
 def test_unknown_model_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="mobilenet_v3_small"):
         load_classifier("mobilenet_v3_smal")
+
+
+def test_named_weights_choose_another_member_of_the_weights_enum(torch_home: Path) -> None:
+    """`--weights IMAGENET1K_V1` for mobilenet_v2 (whose default is V2): that member's file in
+    torch hub's cache, and that member's own transforms (V1 and V2 resize differently)."""
+    v1 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    v2 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V2
+    assert v1.transforms().resize_size != v2.transforms().resize_size
+    cache = torch_home / "hub" / "checkpoints" / os.path.basename(urlparse(v1.url).path)
+    cache.parent.mkdir(parents=True)
+    torch.manual_seed(3)
+    reference = torchvision.models.mobilenet_v2().eval()
+    torch.save(reference.state_dict(), cache)
+    loaded = load_classifier("mobilenet_v2", weights="IMAGENET1K_V1", offline=True)
+    assert loaded.weights_file == str(cache)
+    assert loaded.transforms.resize_size == v1.transforms().resize_size
+    _assert_same_function(loaded.module, reference)
+    assert pull(get_spec("mobilenet_v2"), offline=True, weights="IMAGENET1K_V1") == cache
+    # The default member is not cached: its name says so, and what to pull.
+    with pytest.raises(ResourceUnavailable, match="not cached"):
+        load_classifier("mobilenet_v2", weights="IMAGENET1K_V2", offline=True)
+    with pytest.raises(UsageError, match="IMAGENET1K_V1, IMAGENET1K_V2 "):
+        load_classifier("mobilenet_v2", weights="IMAGENET1K_V3", offline=True)
+
+
+def test_named_weights_bring_their_own_input_size() -> None:
+    from cvtool.models.weights import chosen_weights
+
+    spec = get_spec("vit_b_16")
+    swag = chosen_weights(spec, "IMAGENET1K_SWAG_E2E_V1")
+    assert swag.transforms().crop_size == [384] and swag.meta["min_size"] == (384, 384)
+    assert chosen_weights(spec, "default") is chosen_weights(spec, "none") is \
+        torchvision.models.ViT_B_16_Weights.DEFAULT
+
+
+def test_named_weights_through_the_cli(torch_home: Path, tmp_path: Path) -> None:
+    from tests.clirun import ROOT, cvtool
+
+    v1 = torchvision.models.MobileNet_V2_Weights.IMAGENET1K_V1
+    cache = torch_home / "hub" / "checkpoints" / os.path.basename(urlparse(v1.url).path)
+    cache.parent.mkdir(parents=True)
+    torch.save(torchvision.models.mobilenet_v2().state_dict(), cache)
+    photo = ROOT / "sample_images" / "photos" / "coffee.jpg"
+    ran = cvtool("classify", photo, "-m", "mobilenet_v2", "--weights", "IMAGENET1K_V1",
+                 "-o", tmp_path / "out")
+    assert ran.code == 0, ran.stderr
+    import json
+
+    run = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert run["models"][0]["weights_file"] == str(cache)
+    wrong = cvtool("classify", photo, "-m", "mobilenet_v2", "--weights", "IMAGENET1K_V9")
+    assert wrong.code == 2 and "IMAGENET1K_V1, IMAGENET1K_V2" in wrong.stderr
+    pulled = cvtool("models", "pull", "mobilenet_v2", "--weights", "IMAGENET1K_V1")
+    assert pulled.code == 0 and pulled.stdout.strip() == str(cache)
