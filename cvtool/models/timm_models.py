@@ -24,33 +24,22 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtool.core.status import ResourceUnavailable, UsageError
+from cvtool.models.registry import TIMM_NAME as _NAME
 from cvtool.models.registry import TIMM_PREFIX as PREFIX
-from cvtool.models.registry import ModelSpec
+from cvtool.models.registry import timm_spec as spec
 
 if TYPE_CHECKING:
     from torch import nn
 
-BUILDER = "timm:create_model"
-_NAME = re.compile(r"timm:([a-z0-9_]+)(?:\.([a-z0-9_]+))?")
 _FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader looks for
 
 
 def is_timm_name(name: str) -> bool:
     return name.startswith(PREFIX)
-
-
-def spec(name: str) -> ModelSpec:
-    """The registry entry of `timm:<architecture>[.<tag>]`, from its form alone (no timm)."""
-    if _NAME.fullmatch(name) is None:
-        raise UsageError(f"{name!r} is not a timm model name: write timm:<architecture> or "
-                         "timm:<architecture>.<tag> (`cvtool models --filter 'timm:*'` lists "
-                         "them)")
-    return ModelSpec(name, "classify", "timm", BUILDER, name[len(PREFIX):])
 
 
 def split(name: str) -> tuple[str, str | None]:

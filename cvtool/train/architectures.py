@@ -95,7 +95,7 @@ def _timm_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
 
 def kwargs_meta(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The `architecture` meta of a timm model (cvtool.models.builders checks it on load)."""
-    from cvtool.models.timm_models import BUILDER
+    from cvtool.models.registry import TIMM_BUILDER as BUILDER
 
     return {"builder": BUILDER, "kwargs": kwargs}
 
