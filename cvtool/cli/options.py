@@ -79,7 +79,9 @@ class InferenceOptions(PredictorOptions):
 # The same 20 for Typer, in the order --help lists them.
 INFERENCE_OPTIONS: dict[str, Any] = {
     "device": Device,
-    "precision": Annotated[str, typer.Option(help="fp32 | bf16 | fp16")],
+    "precision": Annotated[str, typer.Option(
+        help="fp32 | bf16 | fp16 | auto (bf16 where the device computes it natively: "
+             "AVX512-BF16 / AMX CPUs, bf16 GPUs; else fp32)")],
     "batch_size": Annotated[int, typer.Option("--batch-size", "-b", min=1)],
     "workers": Annotated[int, typer.Option(
         min=0, help="Decoding threads (0: decode in the main thread).")],

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 DEVICE_CHOICES = "auto|cpu|cuda|cuda:N|mps"
 PRECISIONS = ("fp32", "bf16", "fp16")
+AUTO = "auto"  # inference: bf16 where the device computes it natively, else fp32
 _DEVICE_PATTERN = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 
 
@@ -69,6 +70,25 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 in hardware: CPUs with AVX512-BF16 or AMX, CUDA
+    devices that have bf16 (Ampere on), not emulated."""
+    import torch
+
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+    if device.type == "cpu":
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    return False
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """`--precision auto`: bf16 on native-bf16 devices, fp32 elsewhere; others as given."""
+    if precision != AUTO:
+        return precision
+    return "bf16" if native_bf16(device) else "fp32"
 
 
 def precision_warning(device: torch.device, precision: str) -> str | None:
@@ -127,12 +147,19 @@ def describe_device(device: torch.device) -> str:
 def prepare_device(device: str, precision: str, threads: int | None, seed: int,
                    warn: Warn) -> tuple[torch.device, dict[str, Any]]:
     """Threads, seed, the device and precision every predictor sets up the same way; returns
-    the device and the settings run.json records about them."""
-    autocast_dtype(precision)
+    the device and the settings run.json records about them (`precision` as chosen: `auto`
+    resolved, and then `precision_asked: auto`)."""
+    if precision not in (*PRECISIONS, AUTO):
+        raise UsageError(f"invalid --precision {precision!r}; "
+                         f"expected one of {', '.join((*PRECISIONS, AUTO))}")
     threads = set_threads(threads)
     seed_everything(seed)
     target = resolve_device(device)
-    if warning := precision_warning(target, precision):
+    chosen = resolve_precision(target, precision)
+    if warning := precision_warning(target, chosen):
         warn(warning)
-    return target, {"device": str(target), "device_name": describe_device(target),
-                    "precision": precision, "threads": threads, "seed": seed}
+    settings = {"device": str(target), "device_name": describe_device(target),
+                "precision": chosen, "threads": threads, "seed": seed}
+    if precision == AUTO:
+        settings["precision_asked"] = AUTO
+    return target, settings

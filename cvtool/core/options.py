@@ -45,7 +45,7 @@ class PredictorOptions(PlainData):
     """How any predictor runs: where, in what precision, how many at once, what it writes."""
 
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast) | auto (bf16 where native)
     batch_size: int = 4
     workers: int = 2  # decoding threads; 0 decodes on the calling thread
     threads: int | None = None  # torch's CPU threads; None leaves torch's default

@@ -71,6 +71,9 @@ class Predictor:
         try:
             self.device, self.settings = prepare_device(
                 options.device, options.precision, options.threads, options.seed, self.warn)
+            if self.settings["precision"] != options.precision:  # auto, resolved here
+                self.options = options = dataclasses.replace(
+                    options, precision=self.settings["precision"])
             self.loop, self.loaded = self._build()
             for loaded in _as_list(self.loaded):  # an export's runtime compiles for these
                 if prepare := getattr(loaded.module, "prepare_runtime", None):
