@@ -33,6 +33,9 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
              options: ClassifyOptions) -> int:
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
     engine = check_inputs(sources, common)
+    if engine is not None and options.draft:
+        raise UsageError("--draft decodes on the local engine only: Ray's decoding tasks decode "
+                         "every pixel; leave out one of --draft and --engine ray")
     from cvtool.inference.predictors import Classifier
     from cvtool.io.writers import make_writer
 

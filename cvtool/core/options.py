@@ -75,6 +75,8 @@ class ClassifyOptions(PredictorOptions):
     weights: str | list[str] = "default"
     topk: int = 5
     tta: bool = False  # average over ten crops (corners, centre, flips)
+    # Decode large JPEGs at a reduced DCT scale that still covers the models' resize size.
+    draft: bool = False
     batch_size: int = 16
 
     def __post_init__(self) -> None:

@@ -89,5 +89,19 @@ def build(options: ClassifyOptions, device: torch.device, offline: bool,
     classifier = Classifier(models, device, options.precision, options.topk, options.tta)
     loop = BatchLoop.for_options(options, task=TASK, model_name="+".join(m.name for m in models),
                                  prepare=classifier.prepare, infer=classifier.infer,
-                                 record_type=ClassifyRecord)
+                                 record_type=ClassifyRecord,
+                                 draft=draft_size(models) if options.draft else None)
     return loop, models
+
+
+def draft_size(models: Sequence[LoadedModel]) -> tuple[int, int] | None:
+    """(width, height) every model's resize needs at least: its shorter side for a resize of
+    the shorter side (both sides, since a photo may stand either way), or exactly [h, w]. None
+    where a model's preprocessing is not a resize (an export's own, say): decode it all."""
+    sides = []
+    for model in models:
+        resize = getattr(model.transforms, "resize_size", None)
+        if not resize:
+            return None
+        sides.append(max(resize))
+    return (max(sides), max(sides))

@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 from cvtool.core.options import PredictorOptions
 from cvtool.core.results import InputError, InputFailure, Record, is_finite, one_line
 from cvtool.core.status import ResourceUnavailable
-from cvtool.io.decode import from_memory, load_image
+from cvtool.io.decode import from_memory, full_size, load_image
 from cvtool.io.sources import Source
 
 T = TypeVar("T")
@@ -70,6 +70,9 @@ class BatchLoop(Generic[T]):
     # `Prepared.image` holds it too, also whenever artifacts are written.
     keep_images: bool = False
     record_type: type[Record] = Record
+    # (width, height) the model needs at least: JPEGs decode at a reduced DCT scale that still
+    # covers it (`cvtool.io.decode.load_image`'s draft); None decodes every pixel.
+    draft: tuple[int, int] | None = None
 
     @classmethod
     def for_options(cls, options: PredictorOptions, **task: Any) -> BatchLoop:
@@ -174,10 +177,10 @@ class BatchLoop(Generic[T]):
         futures.put(_END)
 
     def _prepare_one(self, source: Source) -> Prepared[T]:
-        image, error = decode_source(source, self.max_pixels)
+        image, error = decode_source(source, self.max_pixels, self.draft)
         if error is not None:
             return Prepared(source.path, error=error)
-        width, height = image.size
+        width, height = full_size(image)  # the file's, also where a draft decoded fewer
         try:
             inputs = self.prepare(image)
         except InputFailure as failure:
@@ -188,7 +191,8 @@ class BatchLoop(Generic[T]):
         return Prepared(source.path, width, height, inputs=inputs, image=image if kept else None)
 
 
-def decode_source(source: Source, max_pixels: int | None) -> tuple[Any, InputError | None]:
+def decode_source(source: Source, max_pixels: int | None,
+                  draft: tuple[int, int] | None = None) -> tuple[Any, InputError | None]:
     """The source's RGB image, or why there is none. One odd input never raises here; the
     Ray engine's decoding tasks call this too."""
     if source.error is not None:
@@ -197,7 +201,7 @@ def decode_source(source: Source, max_pixels: int | None) -> tuple[Any, InputErr
     try:
         if source.image is not None:  # an in-memory image, array or tensor
             return from_memory(source.image, **options), None
-        return load_image(source.path, **options), None
+        return load_image(source.path, draft=draft, **options), None
     except InputFailure as failure:
         return None, failure.error
     except Exception as exc:  # noqa: BLE001 - one odd input must not end the batch

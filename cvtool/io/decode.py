@@ -22,16 +22,21 @@ from cvtool.core.status import UsageError
 DEFAULT_MAX_PIXELS: int = 89_478_485  # Pillow's own MAX_IMAGE_PIXELS default (about 0.25 GiB RGBA)
 MAX_PIXELS_LIMIT: int = 2 * DEFAULT_MAX_PIXELS  # Pillow refuses larger images whatever we allow
 
+_ORIENTATION = 0x0112  # the EXIF tag exif_transpose turns by
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "I"})
 # What Pillow's decoders raise on damaged data, besides OSError.
 _CORRUPT_DATA_ERRORS = (SyntaxError, ValueError, EOFError, IndexError, struct.error)
 
 
-def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS,
+               draft: tuple[int, int] | None = None) -> Image.Image:
     """The first frame of `path` as RGB, EXIF orientation applied, pixels loaded.
 
     `max_pixels` bounds width*height as read from the header, before any pixel is decoded, so a
-    small file that claims a huge canvas fails fast instead of allocating it.
+    small file that claims a huge canvas fails fast instead of allocating it. `draft` (width,
+    height): a JPEG at least twice as large in both sides is decoded at a reduced DCT scale
+    (1/2, 1/4 or 1/8, Pillow's `draft`) that still covers that size, which skips most of the
+    decoding work; `full_size(image)` is then the size the file has.
     """
     try:
         file = open_regular(path)  # a FIFO or device is an error at once, never a wait
@@ -40,7 +45,7 @@ def load_image(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     with file:
         _require_content(file)
         image = _open(file, max_pixels)
-        return _decode(image)
+        return _decode(image, draft)
 
 
 def from_memory(image: Any, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -131,12 +136,25 @@ def check_max_pixels(max_pixels: int | None) -> None:
                          f"hard limit), not {max_pixels}")
 
 
-def _decode(image: Image.Image) -> Image.Image:
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """(width, height) of the file `image` was decoded from, oriented (a draft decode is
+    smaller)."""
+    return getattr(image, "cvtool_full_size", image.size)
+
+
+def _decode(image: Image.Image, draft: tuple[int, int] | None = None) -> Image.Image:
     """Load pixels (first frame: a fresh image starts there), orient, convert to RGB."""
     try:
+        size = image.size
+        drafted = draft is not None and image.format == "JPEG" and image.mode in ("RGB", "L")
+        if drafted:
+            image.draft(image.mode, draft)
         image.load()
-        oriented = ImageOps.exif_transpose(image)
-        return to_rgb(oriented)
+        rgb = to_rgb(ImageOps.exif_transpose(image))
+        if drafted and image.size != size:  # the file's size, turned as the pixels are
+            turned = image.getexif().get(_ORIENTATION) in (5, 6, 7, 8)
+            rgb.cvtool_full_size = size[::-1] if turned else size  # type: ignore[attr-defined]
+        return rgb
     except OSError as exc:
         kind = "TruncatedImage" if "truncated" in str(exc) else "CorruptImage"
         raise InputFailure(kind, one_line(exc)) from None

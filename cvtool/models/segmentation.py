@@ -58,7 +58,13 @@ from cvtool.models.loading import (
     warn_on_stderr,
 )
 from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.models.weights import HF_HOST, chosen_weights, hub_offline, state_dict_for, unreachable
+from cvtool.models.weights import (
+    chosen_weights,
+    hf_endpoint,
+    hub_offline,
+    state_dict_for,
+    unreachable,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -256,7 +262,7 @@ def encoder_normalisation(encoder: str, offline: bool,
 
     try:
         # Without network, the cache alone (huggingface_hub would retry for half a minute).
-        with hub_offline(offline or unreachable(HF_HOST) is not None):
+        with hub_offline(offline or unreachable(hf_endpoint()) is not None):
             params = get_preprocessing_params(encoder, pretrained="imagenet")
         return list(params["mean"]), list(params["std"])
     except (OSError, ValueError, KeyError) as error:
@@ -294,7 +300,7 @@ def cached_encoder_file(encoder: str) -> str | None:
 def fetch_pretrained(fetch: Callable[[], Any], spec: ModelSpec, encoder: str,
                      offline: bool) -> Any:
     """`fetch()` (which downloads encoder weights through smp) with cvtool's errors."""
-    no_network = None if offline else unreachable(HF_HOST)
+    no_network = None if offline else unreachable(hf_endpoint())
     try:
         with hub_offline(offline or no_network is not None):
             return fetch()

@@ -184,7 +184,7 @@ def cached_file(config: dict[str, Any]) -> Path | None:
 def weights_file(name: str, config: dict[str, Any], offline: bool) -> Path:
     """The tag's weights file, from the cache or downloaded into it through huggingface_hub
     (torch hub for URL-only configs); offline or without network, exit 3 naming the fix."""
-    from cvtool.models.weights import not_cached_message, require_network
+    from cvtool.models.weights import hf_endpoint, not_cached_message, require_network
 
     found = cached_file(config)
     if found is not None:
@@ -197,7 +197,7 @@ def weights_file(name: str, config: dict[str, Any], offline: bool) -> Path:
     if offline:
         raise ResourceUnavailable(not_cached_message(name, "classify",
                                                      "CVTOOL_OFFLINE=1 forbids downloading"))
-    require_network("huggingface.co" if repo else url, name, "classify")
+    require_network(hf_endpoint() if repo else url, name, "classify")
     if not repo:
         from cvtool.models.weights import download_url
 

@@ -149,7 +149,11 @@ def unreachable(target: str, timeout: float = 3.0) -> str | None:
     return None
 
 
-HF_HOST = "huggingface.co"
+def hf_endpoint() -> str:
+    """The Hugging Face hub huggingface_hub downloads from (HF_ENDPOINT, a mirror, if set)."""
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
 
 
 @contextlib.contextmanager
