@@ -3,7 +3,8 @@
 Inputs: the sample photos (at most 640 px: a draft changes nothing there) and their
 enlargements to about 12 megapixels (bicubic, saved as JPEG quality 92, as a phone would), with
 EXIF orientation left as it is. For each input, decode + efficientnet_lite0's preprocessing
-(`ResizeCropNormalize`: shorter side 256, crop 224) with and without `draft=(256, 256)`,
+(`ResizeCropNormalize`: shorter side 256, crop 224) with and without the draft `classify --draft`
+asks for (`draft_size`: twice the resize, 512x512),
 alternated; then the top-1 of efficientnet_lite0 (real ImageNet weights) on both tensors.
 
     python bench/decode_draft.py [--repeats 5] [--megapixels 12]
@@ -50,7 +51,9 @@ def main() -> None:
     torch.set_num_threads(1)
     model = load_classifier("efficientnet_lite0", offline=True)
     transforms = model.transforms
-    draft = (transforms.resize_size[0], transforms.resize_size[0])
+    from cvtool.inference.classify import draft_size
+
+    draft = draft_size([model])  # what `classify --draft` asks for
     photos = sorted((ROOT / "sample_images" / "photos").glob("*.jpg"))
     with tempfile.TemporaryDirectory() as tmp:
         large = enlargements(Path(tmp), args.megapixels)

@@ -94,14 +94,18 @@ def build(options: ClassifyOptions, device: torch.device, offline: bool,
     return loop, models
 
 
+DRAFT_MARGIN = 2  # a draft decode stays at least this many times the resize's size
+
+
 def draft_size(models: Sequence[LoadedModel]) -> tuple[int, int] | None:
-    """(width, height) every model's resize needs at least: its shorter side for a resize of
-    the shorter side (both sides, since a photo may stand either way), or exactly [h, w]. None
-    where a model's preprocessing is not a resize (an export's own, say): decode it all."""
+    """(width, height) a draft decode must cover: twice what every model's resize makes (the
+    shorter side, both ways, since a photo may stand either way), so the resize that follows
+    still shrinks by 2x or more and filters as it does from the full image. None where a
+    model's preprocessing is not a resize (an export's own, say): decode it all."""
     sides = []
     for model in models:
         resize = getattr(model.transforms, "resize_size", None)
         if not resize:
             return None
-        sides.append(max(resize))
+        sides.append(DRAFT_MARGIN * max(resize))
     return (max(sides), max(sides))
