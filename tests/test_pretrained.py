@@ -110,9 +110,8 @@ def test_a_mistyped_input_with_the_default_model_is_a_missing_file(
 
 
 @pytest.mark.parametrize("args", [["segment-semantic", str(PHOTOS / "coffee.jpg"), "-m",
-                                   "smp:unet"],
-                                  ["models", "pull", "smp:unet"],
-                                  ["detect", str(PHOTOS / "coffee.jpg")]])
+                                   "smp:unet"],  # huggingface_hub (models pull: the same path)
+                                  ["detect", str(PHOTOS / "coffee.jpg")]])  # torch hub
 def test_without_network_downloads_fail_in_seconds_with_one_line(args: list[str],
                                                                   tmp_path: Path) -> None:
     import time

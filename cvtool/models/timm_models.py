@@ -23,6 +23,7 @@ for another model). Then:
 from __future__ import annotations
 
 import difflib
+import functools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,12 +53,10 @@ def split(name: str) -> tuple[str, str | None]:
 def resolve(name: str, weights: str = "default") -> tuple[str, str | None]:
     """(architecture, tag) that `name` and `--weights` choose; the tag is None only for an
     architecture timm has no pretrained weights for. Unknown names suggest close ones."""
-    import timm
-
     architecture, tag = split(name)
-    known = timm.list_models()
+    known = _architectures()
     if architecture not in known:
-        close = difflib.get_close_matches(architecture, known, n=5, cutoff=0.7)
+        close = difflib.get_close_matches(architecture, sorted(known), n=5, cutoff=0.7)
         hint = f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
         raise UsageError(f"timm has no model {architecture!r}{hint}")
     tags = pretrained_tags(architecture)
@@ -75,9 +74,26 @@ def resolve(name: str, weights: str = "default") -> tuple[str, str | None]:
 
 
 def pretrained_tags(architecture: str) -> list[str]:
+    """The architecture's tags that have weights, timm's default first."""
+    from timm.models import get_arch_pretrained_cfgs
+
+    published = _pretrained_names()
+    return [found.partition(".")[2] for found in get_arch_pretrained_cfgs(architecture)
+            if found in published]
+
+
+@functools.cache
+def _architectures() -> frozenset[str]:
     import timm
 
-    return [found.partition(".")[2] for found in timm.list_pretrained(f"{architecture}.*")]
+    return frozenset(timm.list_models())
+
+
+@functools.cache
+def _pretrained_names() -> frozenset[str]:
+    import timm
+
+    return frozenset(timm.list_pretrained())
 
 
 def is_tag_choice(weights: str) -> bool:
