@@ -143,7 +143,7 @@ def _timm_classifier(spec: ModelSpec, weights: str, offline: bool, warn: Warn) -
     """timm's model with its tag's weights (from the Hugging Face cache, loaded by timm's own
     load_pretrained), a file's, or none; categories and preprocessing from the tag's config."""
     import cvtool.models.timm_models as hub
-    from cvtool.models.weights import read_state_dict
+    from cvtool.models.weights import is_weights_name, read_state_dict
 
     architecture, tag = hub.resolve(spec.name, weights)
     config = hub.pretrained_config(architecture, tag)
@@ -156,7 +156,7 @@ def _timm_classifier(spec: ModelSpec, weights: str, offline: bool, warn: Warn) -
         module = hub.create(architecture, tag, num_classes)
         return LoadedModel(label, ready_for_inference(module),
                            hub.categories(config, num_classes), transforms, None)
-    if weights != "default" and not hub.is_tag_choice(weights):
+    if weights != "default" and not is_weights_name(weights):
         path, state = state_dict_for(spec, weights, offline)
         build = lambda: hub.create(architecture, tag, num_classes or 1000)  # noqa: E731
         found = fitting_num_classes(build_on_meta(build) or build(), state, num_classes or 1000)

@@ -39,10 +39,6 @@ if TYPE_CHECKING:
 _FILES = ("model.safetensors", "pytorch_model.bin")  # what timm's hub loader looks for
 
 
-def is_timm_name(name: str) -> bool:
-    return name.startswith(PREFIX)
-
-
 def split(name: str) -> tuple[str, str | None]:
     match = _NAME.fullmatch(name)
     if match is None:
@@ -59,8 +55,10 @@ def resolve(name: str, weights: str = "default") -> tuple[str, str | None]:
         close = difflib.get_close_matches(architecture, sorted(known), n=5, cutoff=0.7)
         hint = f"; did you mean {', '.join(PREFIX + c for c in close)}?" if close else ""
         raise UsageError(f"timm has no model {architecture!r}{hint}")
+    from cvtool.models.weights import is_weights_name
+
     tags = pretrained_tags(architecture)
-    if is_tag_choice(weights):
+    if is_weights_name(weights):  # a tag, not default, none or a file
         if tag is not None and weights != tag:
             raise UsageError(f"{name} already names its weights; --weights {weights} names "
                              "others: give one of the two")
@@ -69,7 +67,7 @@ def resolve(name: str, weights: str = "default") -> tuple[str, str | None]:
         listed = ", ".join(tags) if tags else "none (it has no pretrained weights)"
         raise UsageError(f"timm:{architecture} has no weights {tag!r}; its tags: {listed}")
     if tag is None and tags:
-        tag = _default_tag(architecture)
+        tag = tags[0]  # timm's default
     return architecture, tag
 
 
@@ -94,13 +92,6 @@ def _pretrained_names() -> frozenset[str]:
     import timm
 
     return frozenset(timm.list_pretrained())
-
-
-def is_tag_choice(weights: str) -> bool:
-    """Whether `--weights` names a tag rather than default, none or a file."""
-    from cvtool.models.weights import is_weights_name
-
-    return is_weights_name(weights)
 
 
 def pretrained_config(architecture: str, tag: str | None) -> dict[str, Any]:
@@ -252,7 +243,3 @@ def _download_from_hub(name: str, repo: str, config: dict[str, Any]) -> Path:
 def _filenames(config: dict[str, Any]) -> tuple[str, ...]:
     chosen = config.get("hf_hub_filename")
     return (chosen,) if chosen else _FILES
-
-
-def _default_tag(architecture: str) -> str | None:
-    return pretrained_config(architecture, None).get("tag")

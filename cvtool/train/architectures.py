@@ -66,7 +66,12 @@ def _timm_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
     """timm's architecture with a new class head: from scratch (--weights none), from a tag's
     weights (default, or --weights TAG; timm's load_pretrained fits them), or from a file."""
     import cvtool.models.timm_models as hub
-    from cvtool.models.weights import load_fitting, read_state_dict, state_dict_for
+    from cvtool.models.weights import (
+        is_weights_name,
+        load_fitting,
+        read_state_dict,
+        state_dict_for,
+    )
 
     architecture, tag = hub.resolve(config.model, config.weights)
     model_config = hub.pretrained_config(architecture, tag)
@@ -78,7 +83,7 @@ def _timm_classifier(config: ClassifyConfig, input_shape: tuple[int, int, int],
     extra = {key: value for key, value in kwargs.items() if key == "img_size"}
     if config.weights == "none":
         return hub.create(architecture, None, num_classes, **extra), kwargs_meta(kwargs)
-    if config.weights == "default" or hub.is_tag_choice(config.weights):
+    if config.weights == "default" or is_weights_name(config.weights):
         label = f"{hub.PREFIX}{architecture}.{tag}"
         state = read_state_dict(hub.weights_file(label, model_config, offline))
         module = hub.create(architecture, tag, num_classes, state, **extra)
