@@ -129,3 +129,53 @@ def test_without_network_downloads_fail_in_seconds_with_one_line(args: list[str]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "cannot be reached" in errors[0]
     assert "Downloading" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_cvtools_efficientnet_lite0_computes_timms_function() -> None:
+    """cvtool builds the architecture itself (no timm import for the default classifier): the
+    same modules under the same names, the same outputs (to float rounding: the two modules'
+    tensors may sit differently in memory) on every sample photo and on an odd input size
+    (TensorFlow's "same" padding is computed from it)."""
+    import timm
+    import torch
+    from PIL import Image
+
+    from cvtool.models.classification import load_classifier
+    from cvtool.models.efficientnet_lite_net import EfficientNetLite0
+
+    loaded = load_classifier("efficientnet_lite0")
+    assert type(loaded.module) is EfficientNetLite0
+    reference = timm.create_model(lite.ARCHITECTURE, pretrained=False).eval()
+    reference.load_state_dict(loaded.module.state_dict())
+    assert list(loaded.module.state_dict()) == list(reference.state_dict())
+    with torch.no_grad():
+        for path in sorted(PHOTOS.glob("*.jpg")):
+            x = loaded.transforms(Image.open(path).convert("RGB"))[None]
+            ours, theirs = loaded.module(x), reference(x)
+            assert torch.allclose(ours, theirs, rtol=0, atol=1e-4), path.name
+            assert ours.argmax() == theirs.argmax()
+        odd = torch.rand(2, 3, 231, 197, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(loaded.module(odd), reference(odd), rtol=0, atol=1e-4)
+
+
+def test_the_shipped_imagenet_labels_are_torchvisions() -> None:
+    from torchvision.models import ResNet18_Weights
+
+    assert lite.imagenet_categories() == list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+def test_the_default_classifier_imports_neither_timm_nor_torchvision() -> None:
+    import subprocess
+    import sys
+
+    code = ("import runpy, sys\n"
+            "sys.argv = ['cvtool', 'classify', 'sample_images/photos', '-q']\n"
+            "try:\n    runpy.run_module('cvtool', run_name='__main__')\n"
+            "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'timm', 'torchvision'}),"
+            " file=sys.stderr)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=ROOT, timeout=120, env={**__import__("os").environ,
+                                                      "CVTOOL_OFFLINE": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"

