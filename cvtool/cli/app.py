@@ -5,23 +5,12 @@ Nothing here imports torch at module level: `cvtool --help` must answer in a fra
 
 from __future__ import annotations
 
-import errno
-import os
-import sys
-import traceback
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-try:  # recent typer releases vendor click; older ones raise click's own exceptions
-    from typer import TyperException as ClickUsageProblem
-except ImportError:  # pragma: no cover - depends on the installed typer
-    from click import ClickException as ClickUsageProblem
-
+from cvtool.cli import process
 from cvtool.cli.bench import benchmark_device
 from cvtool.cli.data import data_app
 from cvtool.cli.options import (
@@ -34,7 +23,7 @@ from cvtool.cli.options import (
     inference_command,
 )
 from cvtool.cli.train import train_app
-from cvtool.core.context import Environment, StdoutClosed, activated, current, finish
+from cvtool.core.context import Environment, current, finish
 from cvtool.core.options import (
     DEFAULT_CLASSIFIER,
     DEFAULT_DETECTORS,
@@ -44,11 +33,7 @@ from cvtool.core.options import (
     GenerateOptions,
     SegmentOptions,
 )
-from cvtool.core.results import one_line
-from cvtool.core.status import CvtoolError, ExitStatus, UsageError
-
-# A full disk or quota is the resource-unavailable status, not a bug.
-RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+from cvtool.core.status import UsageError
 
 app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
                   rich_markup_mode=None, pretty_exceptions_enable=False,
@@ -342,107 +327,10 @@ app.add_typer(data_app, name="data")
 
 
 def main(argv: list[str] | None = None) -> None:
-    status = run_cli(argv)
-    if status in (ExitStatus.INTERRUPTED, ExitStatus.BROKEN_PIPE):
-        # Reader and decoding threads may still be blocked (stdin, a pipe); finalising the
-        # interpreter around them can abort the process. Every record is already flushed.
-        _flush_quietly()
-        os._exit(status)
-    sys.exit(status)
-
-
-def _flush_quietly() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
+    """The `cvtool` entry point: run the app, exit with its status (cvtool/cli/process.py)."""
+    process.main(app, argv)
 
 
 def run_cli(argv: list[str] | None = None, env: Environment | None = None) -> int:
-    """Run the app and map every outcome onto an exit status; tracebacks only with --debug."""
-    env = env or Environment(debug=os.environ.get("CVTOOL_DEBUG", "") not in ("", "0"))
-    argv = sys.argv[1:] if argv is None else argv
-    env.debug = env.debug or "--debug" in argv
-    env.argv = list(argv)
-    command = typer.main.get_command(app)
-    try:
-        with activated(env), _warnings_as_lines(env):
-            result = command.main(argv, prog_name="cvtool", standalone_mode=False)
-        return int(result or 0)
-    except typer.Exit as done:
-        return done.exit_code
-    except ClickUsageProblem as exc:  # click's usage errors: bad option, missing value
-        exc.show(file=env.stderr)
-        return ExitStatus.USAGE
-    except (typer.Abort, KeyboardInterrupt):
-        _report(env, "interrupted")
-        return ExitStatus.INTERRUPTED
-    except (StdoutClosed, BrokenPipeError):
-        _silence_stdout()
-        return ExitStatus.BROKEN_PIPE
-    except CvtoolError as exc:
-        _report(env, f"error: {exc.message}")
-        return exc.status
-    except OSError as exc:
-        if exc.errno not in RESOURCE_ERRNOS:
-            return _internal_error(env, exc)
-        if exc.filename is None and env.stdout is sys.stdout:
-            _silence_stdout()  # what stdout still buffers cannot be written either
-        where = exc.filename or "standard output"
-        _report(env, f"error: {os.strerror(exc.errno).lower()} writing {where}; no file was left "
-                     "half-written (training continues with --resume once there is room)")
-        return ExitStatus.UNAVAILABLE
-    except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --debug
-        return _internal_error(env, exc)
-
-
-def _internal_error(env: Environment, exc: BaseException) -> int:
-    if env.debug:
-        traceback.print_exc(file=env.stderr)
-    _report(env, f"error: internal error: {type(exc).__name__}: {one_line(exc)} "
-                 "(run with --debug for the traceback)")
-    return ExitStatus.INTERNAL
-
-
-@contextmanager
-def _warnings_as_lines(env: Environment) -> Iterator[None]:
-    """Python warnings (Pillow's, torch's) as cvtool's own one-line warnings, without the
-    library's file and line; each distinct one once per run."""
-    seen: set[str] = set()
-
-    def show(message: Warning | str, category: type[Warning], *_: object, **__: object) -> None:
-        text = one_line(message if isinstance(message, Warning) else Warning(message))
-        if text not in seen:
-            seen.add(text)
-            env.warn(text)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        # Libraries' deprecation notes (pycocotools under numpy 2, ...) are for their callers'
-        # developers, not for the person running cvtool; cvtool's own still show.
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        warnings.filterwarnings("default", category=DeprecationWarning, module=r"cvtool\b")
-        # cvtool checks every image against its own --max-pixels before decoding it.
-        warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
-        warnings.showwarning = show
-        yield
-
-
-def _report(env: Environment, message: str) -> None:
-    if env.debug and sys.exc_info()[0] is not None:
-        traceback.print_exc(file=env.stderr)
-    try:
-        print(message, file=env.stderr, flush=True)
-    except (BrokenPipeError, ValueError):
-        pass
-
-
-def _silence_stdout() -> None:
-    # Python flushes stdout at exit; a closed pipe would then print a second error.
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
-
+    """Run the app in this process and return its exit status (stdout/stderr: `env`'s)."""
+    return process.run_cli(app, argv, env)

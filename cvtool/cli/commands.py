@@ -67,19 +67,15 @@ def _missing_only(env: Environment, sources: list[str], common: InferenceOptions
     listed = list(read_sources(env, sources, common.null))
     if not listed or any(source.error is None for source in listed):
         return None
+    from cvtool.inference import runs
+
     name = model if isinstance(model, str) else ",".join(model)
     records = (Record(path=source.path, task=task, model=name, error=source.error)
-               for source in runs_in_shard(listed, common.shard))
+               for source in runs.in_shard(listed, runs.parse_shard(common.shard)))
     tally = Tally()  # the writer only now: a CSV writer prints its header when made
     stream_records(env, records, make_writer(), tally, common.max_failures)
     _summarise(env, tally)
     return tally.status()
-
-
-def runs_in_shard(listed: list[Any], shard: str | None) -> Any:
-    from cvtool.inference import runs
-
-    return runs.in_shard(listed, runs.parse_shard(shard))
 
 
 def on_driver(options: Any, engine: Any) -> Any:
@@ -220,11 +216,11 @@ def models(env: Environment, args: list[str], fmt: str | None,
     if args[:1] == ["pull"]:
         if len(args) != 2:
             raise UsageError("usage: cvtool models pull NAME [--encoder ENCODER | --weights W]")
+        if pattern is not None:
+            raise UsageError("--filter goes with the listing, not with pull")
         return _pull(env, registry.get_spec(args[1]), encoder, weights)
     if encoder is not None or weights is not None:
         raise UsageError("--encoder and --weights go with `cvtool models pull NAME`")
-    if pattern is not None and args[:1] == ["pull"]:
-        raise UsageError("--filter goes with the listing, not with pull")
     if len(args) > 1:
         raise UsageError("usage: cvtool models [TASK] | cvtool models pull NAME")
     task = args[0] if args else None

@@ -47,13 +47,8 @@ def catalog(task: str | None, pattern: str | None,
 def describe(spec: ModelSpec) -> dict[str, Any]:
     from cvtool.models.weights import default_weights_label, is_cached, local_weights_path
 
-    row: dict[str, Any] = {
-        "name": spec.name, "task": spec.task, "source": spec.source,
-        "default_weights": default_weights_label(spec),
-        "cached": None if spec.source == "smp" else is_cached(spec),
-        "params": None, "gflops": None, "accuracy": None, "metric": None,
-        "input_size": None, "size_mb": None,
-    }
+    row = _row(spec.name, spec.task, spec.source, default_weights_label(spec),
+               None if spec.source == "smp" else is_cached(spec))
     if spec.source == "torchvision":
         row.update(_torchvision_figures(spec))
     elif spec.source == "house":
@@ -66,6 +61,14 @@ def describe(spec: ModelSpec) -> dict[str, Any]:
     if path is not None and path.is_file():
         row["size_mb"] = _megabytes(path.stat().st_size)
     return row
+
+
+def _row(name: str, task: str, source: str, default_weights: str | None,
+         cached: bool | None) -> dict[str, Any]:
+    """A listing row, its figures unknown until filled in."""
+    return {"name": name, "task": task, "source": source, "default_weights": default_weights,
+            "cached": cached, "params": None, "gflops": None, "accuracy": None,
+            "metric": None, "input_size": None, "size_mb": None}
 
 
 def _torchvision_figures(spec: ModelSpec) -> dict[str, Any]:
@@ -83,11 +86,14 @@ def _torchvision_figures(spec: ModelSpec) -> dict[str, Any]:
 
 
 def _house_figures(spec: ModelSpec) -> dict[str, Any]:
+    from cvtool.core.status import UsageError
+    from cvtool.models.checkpoint import checkpoint_meta
+
     path = spec.checkpoint_path
     figures: dict[str, Any] = {"params": _safetensors_parameters(path)}
     try:
-        meta = json.loads(path.with_suffix(".json").read_text())
-    except (OSError, ValueError):
+        meta = checkpoint_meta(path)
+    except UsageError:  # a damaged installation: the listing still lists it
         return figures
     metrics = meta.get("training", {}).get("metrics", {})
     for key in _HOUSE_FIGURES:
@@ -139,12 +145,8 @@ def timm_rows(pattern: str, log: Any) -> list[dict[str, Any]]:
         architecture, _, tag = name.partition(".")
         config = hub.pretrained_config(architecture, tag)
         cached = hub.cached_file(config)
-        row: dict[str, Any] = {
-            "name": TIMM_PREFIX + name, "task": "classify", "source": "timm",
-            "default_weights": tag, "cached": cached is not None, "params": None,
-            "gflops": None, "accuracy": None, "metric": None,
-            "input_size": config["input_size"][1], "size_mb": None,
-        }
+        row = _row(TIMM_PREFIX + name, "classify", "timm", tag, cached is not None)
+        row["input_size"] = config["input_size"][1]
         if cached is not None:
             row["size_mb"] = _megabytes(cached.stat().st_size)
         if measure:

@@ -55,6 +55,7 @@ class ResizeCropNormalize:
         self.resize_size = [resize_size] if isinstance(resize_size, int) else list(resize_size)
         self.mean, self.std = list(mean), list(std)
         self.interpolation = Interpolation(interpolation)
+        self._stats: tuple[torch.Tensor, torch.Tensor] | None = None  # mean, std as tensors
 
     def __call__(self, image: Any) -> torch.Tensor:
         from PIL import Image
@@ -112,8 +113,10 @@ class ResizeCropNormalize:
         array = np.array(image, copy=True)
         tensor = torch.as_tensor(array).view(image.size[1], image.size[0], -1).permute(2, 0, 1)
         tensor = tensor.to(torch.float32).div_(255)
-        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
-        std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        if self._stats is None:  # once, not per image (a copy made by copy.copy keeps them)
+            self._stats = (torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1),
+                           torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1))
+        mean, std = self._stats
         return tensor.sub_(mean).div_(std)
 
     def __repr__(self) -> str:
