@@ -326,7 +326,7 @@ def test_folding_keeps_what_every_norm_computes() -> None:
     import torch
     import torchvision
 
-    from cvtool.export.fold import fold_batch_norms
+    from cvtool.models.fold import fold_batch_norms
 
     torch.manual_seed(0)
     # timm's BatchNormAct2d applies ReLU6 after normalising: folding must keep that.

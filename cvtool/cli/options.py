@@ -34,7 +34,7 @@ OutputDir = Annotated[Optional[Path], typer.Option(
 
 @dataclass(kw_only=True)
 class InferenceOptions(PredictorOptions):
-    """The options every inference command takes: the predictor's 9, how the command talks to
+    """The options every inference command takes: the predictor's 10, how the command talks to
     the terminal (4), how a batch run is cut and continued (3), and where it runs (4)."""
 
     format: str | None = None  # table | jsonl | csv (| coco); None: table on a terminal
@@ -76,7 +76,7 @@ class InferenceOptions(PredictorOptions):
                 for item in dataclasses.fields(PredictorOptions)}
 
 
-# The same 20 for Typer, in the order --help lists them.
+# The same 21 for Typer, in the order --help lists them.
 INFERENCE_OPTIONS: dict[str, Any] = {
     "device": Device,
     "precision": Annotated[str, typer.Option(
@@ -86,6 +86,9 @@ INFERENCE_OPTIONS: dict[str, Any] = {
     "workers": Annotated[int, typer.Option(
         min=0, help="Decoding threads (0: decode in the main thread).")],
     "threads": Threads,
+    "streams": Annotated[Optional[int], typer.Option(
+        min=1, help="Batches in the model at once on a CPU, each on its share of --threads  "
+                    "[default: 2 for detect and segment-instance, else 1]", show_default=False)],
     "format": Annotated[Optional[str], typer.Option(
         "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
                          "[default: table on a terminal, else jsonl]", show_default=False)],
@@ -119,7 +122,7 @@ assert set(INFERENCE_OPTIONS) == {item.name for item in dataclasses.fields(Infer
 
 
 def inference_command(options_type: type[PredictorOptions]) -> Callable[[Callable], Callable]:
-    """Give a command the 20 shared options: the decorated function declares only its own
+    """Give a command the 21 shared options: the decorated function declares only its own
     parameters plus `common: InferenceOptions`; Typer sees them all, with the defaults of
     `InferenceOptions` (the batch size of `options_type`)."""
     defaults = {item.name: item.default for item in dataclasses.fields(InferenceOptions)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import re
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from cvtool.core.context import Warn
@@ -124,6 +125,36 @@ def set_threads(threads: int | None) -> int:
             raise UsageError(f"invalid thread count {threads}; expected at least 1")
         torch.set_num_threads(threads)
     return torch.get_num_threads()
+
+
+def split_threads(device: torch.device, streams: int | None, preferred: int) -> tuple[int, int]:
+    """(streams, torch threads for each): how many batches run through the model at once
+    (`streams`; None: `preferred` on a CPU, one elsewhere), each on an equal share of the
+    CPU threads in force."""
+    import torch
+
+    if streams is None:
+        streams = preferred if device.type == "cpu" else 1
+    threads = torch.get_num_threads()
+    streams = min(streams, threads) if device.type == "cpu" else streams
+    return streams, max(1, threads // streams)
+
+
+@contextlib.contextmanager
+def stream_pool(streams: int, threads: int) -> Iterator[Any]:
+    """A pool of `streams` threads, each running torch on `threads` CPU threads; the calling
+    thread keeps its own count (torch's setting is per thread once a thread has used it)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    own = torch.get_num_threads()
+    try:
+        with ThreadPoolExecutor(streams, thread_name_prefix="cvtool-stream",
+                                initializer=torch.set_num_threads, initargs=(threads,)) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(own)  # and the default for threads started later
 
 
 def synchronize(device: torch.device) -> None:

@@ -49,6 +49,9 @@ class PredictorOptions(PlainData):
     batch_size: int = 4
     workers: int = 2  # decoding threads; 0 decodes on the calling thread
     threads: int | None = None  # torch's CPU threads; None leaves torch's default
+    # Batches in the model at once on a CPU, each with its share of the threads; None: what
+    # suits the task (two for the R-CNN detectors, one for the rest; one on a GPU).
+    streams: int | None = None
     max_pixels: int | None = None  # refuse larger images (decompression bombs)
     fail_fast: bool = False  # stop at the first input that fails
     seed: int = 0  # for everything random (random init under weights="none")
@@ -61,6 +64,8 @@ class PredictorOptions(PlainData):
             raise UsageError(f"batch size must be at least 1, not {self.batch_size}")
         if self.workers < 0:
             raise UsageError(f"workers must be 0 or more, not {self.workers}")
+        if self.streams is not None and self.streams < 1:
+            raise UsageError(f"streams must be at least 1, not {self.streams}")
 
     @property
     def output_dir(self) -> Path | None:

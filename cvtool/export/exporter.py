@@ -4,7 +4,7 @@ ONNX comes from torch.onnx's TorchScript-based exporter (`dynamo=False`): it is 
 exports every family cvtool serves (torchvision's R-CNNs, LR-ASPP and cvtool's small CNNs fail
 torch.export here), with dynamic batch, height and width where asked. OpenVINO IR comes from
 OpenVINO's own PyTorch frontend (see `OpenVinoArtifact`). Both see the same `Graph`, with batch
-norms folded into their convolutions first (`cvtool.export.fold`). The runtime then loads the
+norms folded into their convolutions first (`cvtool.models.fold`). The runtime then loads the
 graph from memory and its outputs are compared with the unfolded eager model's on real images
 (`cvtool.export.verify`); only an export within tolerance is written, atomically, with its
 metadata and verification figures inside it.
@@ -29,10 +29,10 @@ from cvtool.core.context import Warn
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
 from cvtool.export import ExportOptions, require_runtime, verify
-from cvtool.export.fold import fold_batch_norms
 from cvtool.export.sources import Source, load_source
 from cvtool.io.writers import strict_json, write_bytes
 from cvtool.models.exported import METADATA_KEY, OPENVINO_FILE, exported_format
+from cvtool.models.fold import fold_batch_norms
 from cvtool.models.runtimes import OnnxEngine, OpenVinoEngine, RuntimeModule
 
 

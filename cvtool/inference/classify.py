@@ -14,7 +14,8 @@ from cvtool.core.status import UsageError
 from cvtool.inference.pipeline import BatchLoop, Prepared
 from cvtool.inference.records import ClassifyRecord
 from cvtool.models.classification import LoadedModel, load_classifier
-from cvtool.models.preprocess import classification_input
+from cvtool.models.fold import fold_for_inference
+from cvtool.models.preprocess import classification_input, grey_picture
 
 TASK = "classify"
 
@@ -28,9 +29,11 @@ class Classifier:
         self.categories = shared_categories(self.models)
         self.device, self.precision, self.tta = device, precision, tta
         self.topk = min(topk, len(self.categories))
-        for loaded in self.models:
+        for index, loaded in enumerate(self.models):
             # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
             loaded.module.to(device, memory_format=torch.channels_last).eval()
+            loaded.folded_batch_norms = fold_for_inference(
+                loaded.module, lambda _module, i=index: self._probabilities(i, [sample(loaded)]))
 
     def prepare(self, image: Any) -> list[torch.Tensor]:
         return [classification_input(m.transforms, image, self.tta) for m in self.models]
@@ -57,6 +60,11 @@ class Classifier:
         predictions = [{"index": i, "label": self.categories[i], "score": s}
                        for s, i in zip(scores, indices)]
         return {"predictions": predictions}
+
+
+def sample(loaded: LoadedModel) -> torch.Tensor:
+    """A model input like any other (a grey picture through the model's own preprocessing)."""
+    return classification_input(loaded.transforms, grey_picture())
 
 
 def shared_categories(models: Sequence[LoadedModel]) -> list[str]:

@@ -21,7 +21,9 @@ from cvtool.inference.records import DetectionRecord
 from cvtool.io.annotate import ArtifactWriter
 from cvtool.io.writers import BackgroundWrites
 from cvtool.models.detection import detections_of, load_detector
+from cvtool.models.fold import fold_for_inference
 from cvtool.models.loading import LoadedModel
+from cvtool.models.preprocess import grey_picture
 
 
 class Detector:
@@ -34,16 +36,21 @@ class Detector:
         self.wanted = class_ids(options.classes, loaded.categories)
         self.artifacts = artifacts
         loaded.module.to(device).eval()
+        loaded.folded_batch_norms = fold_for_inference(
+            loaded.module, lambda _module: self.infer([self.prepare(grey_picture())], []))
 
     def prepare(self, image: Any) -> torch.Tensor:
         return self.loaded.transforms(image)
 
     @torch.inference_mode()
-    def infer(self, inputs: list[torch.Tensor], items: list[Prepared]) -> list[dict]:
+    def infer(self, inputs: list[torch.Tensor], _items: list[Prepared]) -> list[dict]:
         batch = [tensor.to(self.device, non_blocking=True) for tensor in inputs]
         with autocast(self.device, self.options.precision):
             outputs = self.loaded.module(batch)
-        payloads = [{"detections": self._detections(output)} for output in outputs]
+        return [{"detections": self._detections(output)} for output in outputs]
+
+    def finish(self, payloads: list[dict], items: list[Prepared]) -> list[dict]:
+        """Artifacts, queued in input order from the thread that yields the records."""
         if self.artifacts is not None:
             for item, payload in zip(items, payloads):
                 self.artifacts.save(item.path, item.image, payload["detections"])
@@ -82,6 +89,7 @@ def build(options: DetectOptions, device: torch.device, offline: bool,
                  if writes is not None else None)
     detector = Detector(loaded, device, options, artifacts)
     loop = BatchLoop.for_options(options, task=options.task, model_name=loaded.name,
-                                 prepare=detector.prepare, infer=detector.infer, writes=writes,
+                                 prepare=detector.prepare, infer=detector.infer,
+                                 finish=detector.finish, writes=writes,
                                  record_type=DetectionRecord)
     return loop, loaded

@@ -1,8 +1,12 @@
 """The one batch loop every inference task runs on.
 
 Decoding and preprocessing run in a thread pool ahead of the model (Pillow and torch release
-the GIL), so the model never waits on JPEG decoding. Records come out in input order; a failed
-input becomes an error record in its place and the batch goes on. `infer` may fail single inputs
+the GIL), so the model never waits on JPEG decoding. With `streams` above one, that many
+batches run through the model at once, each on its own thread (and its share of torch's
+threads): a detector's RoIAlign, NMS and Python glue use one core each, so two half-width
+streams keep both of two cores busy where one full-width stream leaves them waiting on each
+other. Records come out in input order; a failed input becomes an error record in its place
+and the batch goes on. `infer` may fail single inputs
 too (say, a ground-truth file that does not fit) by returning an `InputError` as their payload.
 """
 
@@ -12,10 +16,11 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from cvtool.core.device import stream_pool
 from cvtool.core.options import PredictorOptions
 from cvtool.core.results import InputError, InputFailure, Record, is_finite, one_line
 from cvtool.core.status import ResourceUnavailable
@@ -73,6 +78,14 @@ class BatchLoop(Generic[T]):
     # (width, height) the model needs at least: JPEGs decode at a reduced DCT scale that still
     # covers it (`cvtool.io.decode.load_image`'s draft); None decodes every pixel.
     draft: tuple[int, int] | None = None
+    # Batches in the model at once; `infer` is then called from that many threads together,
+    # each running torch on `stream_threads` CPU threads.
+    streams: int = 1
+    stream_threads: int = 1
+    # What runs on `infer`'s results in input order, on the thread that yields the records
+    # (names claimed, metrics added: work whose outcome must not depend on which stream ends
+    # first); gets and returns one entry per input `infer` had.
+    finish: Callable[[list[Any], list[Prepared[T]]], list[Any]] | None = None
 
     @classmethod
     def for_options(cls, options: PredictorOptions, **task: Any) -> BatchLoop:
@@ -108,27 +121,69 @@ class BatchLoop(Generic[T]):
         return self.writes is None or self.writes.done(record.path, wait)
 
     def _records(self, sources: Iterable[Source]) -> Iterator[Record | object]:
+        if self.streams <= 1:
+            for batch in self._batches(sources):
+                if batch is _DRAIN:
+                    yield _DRAIN
+                else:
+                    yield from self._finish(batch, self._payloads(batch))
+            return
+        # Up to `streams` batches in flight; each one's records go out, in order, once it and
+        # every batch before it are done.
+        flight: deque[tuple[list[Prepared[T]], Future]] = deque()
+        with stream_pool(self.streams, self.stream_threads) as pool:
+            try:
+                for batch in self._batches(sources):
+                    if batch is _DRAIN:
+                        while flight:
+                            yield from self._landed(flight)
+                        yield _DRAIN
+                        continue
+                    if len(flight) >= self.streams:
+                        yield from self._landed(flight)
+                    flight.append((batch, pool.submit(self._payloads, batch)))
+                while flight:
+                    yield from self._landed(flight)
+            finally:
+                for _, future in flight:  # a consumer that stopped early: drop what waits
+                    future.cancel()
+
+    def _landed(self, flight: deque[tuple[list[Prepared[T]], Future]]) -> Iterator[Record]:
+        batch, future = flight.popleft()
+        yield from self._finish(batch, future.result())
+
+    def _batches(self, sources: Iterable[Source]) -> Iterator[list[Prepared[T]] | object]:
+        """Prepared inputs grouped as the model takes them: `batch_size` good ones (and the
+        failed ones among them), or fewer where nothing more is ready yet (then `_DRAIN`)."""
         pending: list[Prepared[T]] = []
         for item in self._prepared(sources):
             if item is _IDLE:
                 # Nothing more is ready (a slow stdin producer): answer what we have now.
-                yield from self._flush(pending)
+                if pending:
+                    yield pending
                 yield _DRAIN
                 pending = []
                 continue
             pending.append(item)
             if item.error is not None and self.fail_fast:
-                yield from self._flush(pending)
+                yield pending
                 return
             if all(p.error is not None for p in pending) or \
                     sum(p.error is None for p in pending) >= self.batch_size:
-                yield from self._flush(pending)
+                yield pending
                 pending = []
-        yield from self._flush(pending)
+        if pending:
+            yield pending
 
-    def _flush(self, pending: list[Prepared[T]]) -> Iterator[Record]:
+    def _payloads(self, pending: list[Prepared[T]]) -> list[dict[str, Any] | Output | InputError]:
         ready = [p for p in pending if p.error is None]
-        payloads = iter(infer_in_halves(self.infer, ready) if ready else [])
+        return infer_in_halves(self.infer, ready) if ready else []
+
+    def _finish(self, pending: list[Prepared[T]],
+                done: list[dict[str, Any] | Output | InputError]) -> Iterator[Record]:
+        if self.finish is not None and done:
+            done = self.finish(done, [p for p in pending if p.error is None])
+        payloads = iter(done)
         for item in pending:
             payload = next(payloads) if item.error is None else {}
             arrays = {}

@@ -44,6 +44,9 @@ class Predictor:
 
     task: ClassVar[str]
     options_type: ClassVar[type[PredictorOptions]]
+    # Batches in the model at once on a CPU unless `streams` says: bench/detect_throughput.py
+    # measured what pays (R-CNN detectors 1.4x with two; resnet50 in bf16 slower with two).
+    cpu_streams: ClassVar[int] = 1
 
     def __init__(self, options: PredictorOptions | None = None, /, *, warn: Warn | None = None,
                  offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
@@ -75,15 +78,30 @@ class Predictor:
                 self.options = options = dataclasses.replace(
                     options, precision=self.settings["precision"])
             self.loop, self.loaded = self._build()
+            runtimes = 0
             for loaded in _as_list(self.loaded):  # an export's runtime compiles for these
                 if prepare := getattr(loaded.module, "prepare_runtime", None):
                     prepare(self.device, options.precision, self.warn)
+                    runtimes += 1
+            self._split_threads(runtimes > 0)
         except BaseException:
             self.resources.close()
             raise
 
     def _build(self) -> tuple[Any, Any]:
         raise NotImplementedError
+
+    def _split_threads(self, runtime: bool) -> None:
+        from cvtool.core.device import split_threads
+        from cvtool.core.status import UsageError
+
+        if runtime and (self.options.streams or 1) > 1:
+            raise UsageError("--streams applies to PyTorch models; an exported model's runtime "
+                             "divides its own threads")
+        preferred = 1 if runtime else self.cpu_streams
+        self.loop.streams, self.loop.stream_threads = split_threads(
+            self.device, self.options.streams, preferred)
+        self.settings["streams"] = self.loop.streams
 
     def predict(self, inputs: Any, *, keep_images: bool = True) -> Iterator[Record]:
         """Records for `inputs`, one per input, in order, as each batch finishes.
@@ -136,6 +154,7 @@ class Detector(Predictor):
 
     task = "detect"
     options_type = DetectOptions
+    cpu_streams = 2
 
     def __init__(self, options: DetectOptions | None = None, /, *, warn: Warn | None = None,
                  offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
@@ -186,6 +205,7 @@ PREDICTORS.update({kind.task: kind for kind in (Classifier, Detector, InstanceSe
 def model_info(loaded: Any) -> dict[str, Any]:
     return {"name": loaded.name, "weights_file": loaded.weights_file,
             "weights_sha256": loaded.weights_sha256, "classes": len(loaded.categories),
+            "folded_batch_norms": loaded.folded_batch_norms,
             **getattr(loaded.module, "runtime_info", {})}
 
 

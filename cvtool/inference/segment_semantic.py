@@ -30,6 +30,8 @@ from cvtool.inference.records import SemanticRecord
 from cvtool.io.masks import GroundTruthMasks, MaskWriter, read_ground_truth
 from cvtool.io.palette import MAX_CLASSES
 from cvtool.io.writers import BackgroundWrites
+from cvtool.models.fold import fold_for_inference
+from cvtool.models.preprocess import grey_picture
 from cvtool.models.segmentation import TASK, LoadedSegmenter, load_segmenter
 
 
@@ -101,6 +103,8 @@ class Segmenter:
         self.loaded, self.device, self.precision = loaded, device, precision
         self.masks, self.evaluation = masks, evaluation
         loaded.module.to(device).eval()
+        loaded.folded_batch_norms = fold_for_inference(
+            loaded.module, lambda _module: self.predict([self.prepare(grey_picture())], [(8, 8)]))
 
     def prepare(self, image: Any) -> SegmentationInput:
         tensor = self.loaded.transforms(image)
@@ -109,11 +113,12 @@ class Segmenter:
         return SegmentationInput(padded, (height, width))
 
     @torch.inference_mode()
-    def infer(self, inputs: list[SegmentationInput],
-              items: list[Prepared]) -> list[Output | InputError]:
-        predictions = self.predict(inputs, [(item.height, item.width) for item in items])
-        return [self._payload(item.path, item.image, prediction)
-                for item, prediction in zip(items, predictions)]
+    def infer(self, inputs: list[SegmentationInput], items: list[Prepared]) -> list[np.ndarray]:
+        return self.predict(inputs, [(item.height, item.width) for item in items])
+
+    def finish(self, masks: list[np.ndarray], items: list[Prepared]) -> list[Output | InputError]:
+        """In input order: the first input to claim a mask's file name keeps it."""
+        return [self._payload(item.path, item.image, mask) for item, mask in zip(items, masks)]
 
     def predict(self, inputs: list[SegmentationInput],
                 sizes: list[tuple[int, int]]) -> list[np.ndarray]:
@@ -197,6 +202,7 @@ def build(options: SegmentOptions, device: torch.device, offline: bool,
     masks = MaskWriter(options.output_dir, writes) if writes is not None else None
     segmenter = Segmenter(loaded, device, options.precision, masks, evaluation)
     loop = BatchLoop.for_options(options, task=TASK, model_name=loaded.name,
-                                 prepare=segmenter.prepare, infer=segmenter.infer, writes=writes,
+                                 prepare=segmenter.prepare, infer=segmenter.infer,
+                                 finish=segmenter.finish, writes=writes,
                                  record_type=SemanticRecord)
     return loop, loaded, evaluation

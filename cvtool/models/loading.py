@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,6 +36,7 @@ class LoadedModel:
     categories: list[str]
     transforms: Callable  # torchvision ImageClassification
     weights_file: str | None  # where the parameters came from; None for random init
+    folded_batch_norms: int = field(default=0, kw_only=True)  # set by the backend that serves it
 
     @cached_property
     def weights_sha256(self) -> str | None:

@@ -125,6 +125,13 @@ class ResizeCropNormalize:
                 f"interpolation={self.interpolation.value})")
 
 
+def grey_picture(size: int = 224) -> Image:
+    """A mid-grey RGB square: an input to run a model on once (to fold its batch norms)."""
+    from PIL import Image as PILImage
+
+    return PILImage.new("RGB", (size, size), (128, 128, 128))
+
+
 def classification_input(transforms: Callable[[Any], torch.Tensor], image: Image,
                          tta: bool = False) -> torch.Tensor:
     """(3, H, W) for one view, or (10, 3, H, W) for the ten-crop views of `--tta`."""
