@@ -1,11 +1,14 @@
-"""cvtool segment-instance against a plain torchvision loop on the same checkpoint and images.
+"""cvtool detect / segment-instance against a plain torchvision loop on the same checkpoint.
 
 Each run is a whole process (imports, model load, decoding, forward, masks to RLE, output), as
 users pay it. Images: fresh 128x128 shapes scenes (seed 99, never used for training). Prints
-images/s end to end and for the loop alone (cvtool's run.json / the baseline's own timer), the
-ratios, and whether both found the same labels and boxes (to 1e-3 px) and identical masks.
+images/s end to end and for the loop alone (the summary line's seconds / the baseline's own
+timer), the ratios, and whether both found the same labels and boxes (to 1e-3 px) and
+identical masks. `--output`: both also draw every image and save it as PNG (cvtool `-o DIR`,
+which also writes records.jsonl and run.json; the baseline with torchvision's drawing utils).
 
-    python bench/detect_throughput.py [--model shapes-maskrcnn|RUN_DIR] [--images 200]
+    python bench/detect_throughput.py [--task segment-instance|detect] [--output]
+                                      [--model shapes-maskrcnn|RUN_DIR] [--images 200]
                                       [--batch-size 8] [--repeats 3] [--threads N]
 """
 
@@ -55,29 +58,35 @@ def timed(command: list[str], threads: int | None) -> tuple[float, str, str]:
 
 
 def run_plain(args, images: Path, checkpoint: Path) -> tuple[float, float, list]:
-    wall, out, err = timed([sys.executable, str(ROOT / "bench" / "plain_detect.py"),
-                            str(checkpoint), str(images), str(args.batch_size)], args.threads)
-    found = [(row["labels"], row["boxes"], row["counts"])
+    with tempfile.TemporaryDirectory() as out_dir:
+        wall, out, err = timed([sys.executable, str(ROOT / "bench" / "plain_detect.py"),
+                                str(checkpoint), str(images), str(args.batch_size),
+                                "masks" if args.task == "segment-instance" else "boxes",
+                                *([out_dir] if args.output else [])], args.threads)
+        drawn = len(list(Path(out_dir).rglob("*.png")))
+    found = [(row["labels"], row["boxes"], row.get("counts", []))
              for row in map(json.loads, out.splitlines())]
-    return wall, float(err.strip().splitlines()[-1]), found
+    return wall, float(err.strip().splitlines()[-1]), found, drawn
 
 
 def run_cvtool(args, images: Path) -> tuple[float, float, list]:
-    # No --output: that would also draw and write annotated images, which the baseline does not.
     # The loop's seconds come from the summary line on stderr ("N inputs, 0 failed, S s ...").
-    wall, out, err = timed([sys.executable, "-m", "cvtool", "segment-instance", str(images),
-                            "-m", args.model, "-b", str(args.batch_size), "--conf", "0.5",
-                            "--device", "cpu", "--format", "jsonl",
-                            *(["--threads", str(args.threads)] if args.threads else [])],
-                           args.threads)
+    with tempfile.TemporaryDirectory() as out_dir:
+        wall, out, err = timed([sys.executable, "-m", "cvtool", args.task, str(images),
+                                "-m", args.model, "-b", str(args.batch_size), "--conf", "0.5",
+                                "--device", "cpu", "--format", "jsonl",
+                                *(["-o", out_dir] if args.output else []),
+                                *(["--threads", str(args.threads)] if args.threads else [])],
+                               args.threads)
+        drawn = len(list(Path(out_dir).rglob("*.png")))
     summary = next(line for line in err.splitlines() if " inputs, " in line)
     loop = float(re.search(r"([0-9.]+) s", summary).group(1))
     found = []
     for record in map(json.loads, out.splitlines()):
         detections = record["detections"]
         found.append(([d["index"] for d in detections], [d["box"] for d in detections],
-                      [d["mask"]["counts"] for d in detections]))
-    return wall, loop, found
+                      [d["mask"]["counts"] for d in detections if "mask" in d]))
+    return wall, loop, found, drawn
 
 
 def same(a: tuple, b: tuple) -> bool:
@@ -88,6 +97,10 @@ def same(a: tuple, b: tuple) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", choices=("segment-instance", "detect"),
+                        default="segment-instance")
+    parser.add_argument("--output", action="store_true",
+                        help="both draw and save every image (cvtool: -o DIR)")
     parser.add_argument("--model", default="shapes-maskrcnn")
     parser.add_argument("--images", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
@@ -106,14 +119,17 @@ def main() -> None:
     wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
     loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     agree = sum(same(a, b) for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
-    print(f"{args.model}, {n} images 128x128, batch {args.batch_size}, median of {args.repeats} "
+    drawn = {name: rs[0][3] for name, rs in runs.items()}
+    print(f"{args.task} {args.model}, {n} images 128x128, batch {args.batch_size}, "
+          f"{'drawn to PNG' if args.output else 'records only'}, median of {args.repeats} "
           f"alternating processes each; {machine_line()}")
     print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
           f"{'ratio (loop)':>14}")
     for name in runs:
         print(f"{name:<18}{n / wall[name]:>16.2f}{n / loop[name]:>14.2f}"
               f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}")
-    print(f"images with identical labels, boxes and masks: {agree:.1%}")
+    print(f"images with identical labels, boxes and masks: {agree:.1%}; PNGs drawn: "
+          + ", ".join(f"{name} {count}" for name, count in drawn.items()))
 
 
 if __name__ == "__main__":

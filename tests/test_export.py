@@ -230,6 +230,9 @@ def test_export_model_and_the_python_predictors_take_exports(tmp_path: Path) -> 
         eager = list(segmenter.predict([str(p) for p in SHAPES[:2]]))
     for left, right in zip(eager, exported):
         assert right.ok and (left.mask == right.mask).mean() >= 0.999
+    # The runtime divides its own threads: batches in flight at once are torch's alone.
+    with pytest.raises(api.UsageError, match="--streams applies to PyTorch models"):
+        api.SemanticSegmenter(model=str(path), device="cpu", streams=2)
 
 
 @pytest.mark.parametrize(("args", "message"), [

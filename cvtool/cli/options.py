@@ -88,7 +88,7 @@ INFERENCE_OPTIONS: dict[str, Any] = {
     "threads": Threads,
     "streams": Annotated[Optional[int], typer.Option(
         min=1, help="Batches in the model at once on a CPU, each on its share of --threads  "
-                    "[default: 2 for detect and segment-instance, else 1]", show_default=False)],
+                    "[default: 2 on a CPU, 1 on a GPU]", show_default=False)],
     "format": Annotated[Optional[str], typer.Option(
         "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
                          "[default: table on a terminal, else jsonl]", show_default=False)],

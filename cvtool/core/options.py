@@ -49,8 +49,8 @@ class PredictorOptions(PlainData):
     batch_size: int = 4
     workers: int = 2  # decoding threads; 0 decodes on the calling thread
     threads: int | None = None  # torch's CPU threads; None leaves torch's default
-    # Batches in the model at once on a CPU, each with its share of the threads; None: what
-    # suits the task (two for the R-CNN detectors, one for the rest; one on a GPU).
+    # Batches in the model at once on a CPU, each with its share of the threads; None: two
+    # on a CPU (one where torch has one thread), one on a GPU.
     streams: int | None = None
     max_pixels: int | None = None  # refuse larger images (decompression bombs)
     fail_fast: bool = False  # stop at the first input that fails

@@ -3,11 +3,11 @@
 Decoding and preprocessing run in a thread pool ahead of the model (Pillow and torch release
 the GIL), so the model never waits on JPEG decoding. With `streams` above one, that many
 batches run through the model at once, each on its own thread (and its share of torch's
-threads): a detector's RoIAlign, NMS and Python glue use one core each, so two half-width
-streams keep both of two cores busy where one full-width stream leaves them waiting on each
-other. Records come out in input order; a failed input becomes an error record in its place
-and the batch goes on. `infer` may fail single inputs
-too (say, a ground-truth file that does not fit) by returning an `InputError` as their payload.
+threads): a detector's RoIAlign and NMS, small convolutions and the Python between them use
+one core each, so two half-width streams keep both of two cores busy where one full-width
+stream leaves them waiting on each other. Records come out in input order; a failed input
+becomes an error record in its place and the batch goes on. `infer` may fail single inputs too
+(say, a ground-truth file that does not fit) by returning an `InputError` as their payload.
 """
 
 from __future__ import annotations

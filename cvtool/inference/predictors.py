@@ -44,9 +44,6 @@ class Predictor:
 
     task: ClassVar[str]
     options_type: ClassVar[type[PredictorOptions]]
-    # Batches in the model at once on a CPU unless `streams` says: bench/detect_throughput.py
-    # measured what pays (R-CNN detectors 1.4x with two; resnet50 in bf16 slower with two).
-    cpu_streams: ClassVar[int] = 1
 
     def __init__(self, options: PredictorOptions | None = None, /, *, warn: Warn | None = None,
                  offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
@@ -98,9 +95,8 @@ class Predictor:
         if runtime and (self.options.streams or 1) > 1:
             raise UsageError("--streams applies to PyTorch models; an exported model's runtime "
                              "divides its own threads")
-        preferred = 1 if runtime else self.cpu_streams
         self.loop.streams, self.loop.stream_threads = split_threads(
-            self.device, self.options.streams, preferred)
+            self.device, 1 if runtime else self.options.streams)
         self.settings["streams"] = self.loop.streams
 
     def predict(self, inputs: Any, *, keep_images: bool = True) -> Iterator[Record]:
@@ -154,7 +150,6 @@ class Detector(Predictor):
 
     task = "detect"
     options_type = DetectOptions
-    cpu_streams = 2
 
     def __init__(self, options: DetectOptions | None = None, /, *, warn: Warn | None = None,
                  offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
