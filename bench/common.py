@@ -45,3 +45,19 @@ def cvtool_seconds(*args: str, stdout: int | None = subprocess.DEVNULL) -> float
     if done.returncode not in (0, 1):
         raise SystemExit(f"cvtool {' '.join(args)} failed: {done.stderr.decode()[-500:]}")
     return time.perf_counter() - started
+
+
+def print_ratios(title: str, runs: dict[str, list], images: int, base: str) -> None:
+    """The table every throughput bench prints: images/s for the whole process and the loop
+    alone, and each as a ratio to `base`. `runs[name]`: one (wall s, loop s, ...) per repeat;
+    the medians are compared."""
+    import statistics
+
+    wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
+    print(f"{title}; {machine_line()}")
+    print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
+          f"{'ratio (loop)':>14}")
+    for name in runs:
+        print(f"{name:<18}{images / wall[name]:>16.2f}{images / loop[name]:>14.2f}"
+              f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}")

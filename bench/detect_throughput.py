@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import machine_line
+from common import print_ratios
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,18 +115,11 @@ def main() -> None:
             runs["plain torchvision"].append(run_plain(args, images, checkpoint))
             runs["cvtool"].append(run_cvtool(args, images))
     n, base = args.images, "plain torchvision"
-    wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
-    loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     agree = sum(same(a, b) for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
     drawn = {name: rs[0][3] for name, rs in runs.items()}
-    print(f"{args.task} {args.model}, {n} images 128x128, batch {args.batch_size}, "
-          f"{'drawn to PNG' if args.output else 'records only'}, median of {args.repeats} "
-          f"alternating processes each; {machine_line()}")
-    print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
-          f"{'ratio (loop)':>14}")
-    for name in runs:
-        print(f"{name:<18}{n / wall[name]:>16.2f}{n / loop[name]:>14.2f}"
-              f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}")
+    print_ratios(f"{args.task} {args.model}, {n} images 128x128, batch {args.batch_size}, "
+                 f"{'drawn to PNG' if args.output else 'records only'}, median of "
+                 f"{args.repeats} alternating processes each", runs, n, base)
     print(f"images with identical labels, boxes and masks: {agree:.1%}; PNGs drawn: "
           + ", ".join(f"{name} {count}" for name, count in drawn.items()))
 

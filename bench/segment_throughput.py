@@ -15,12 +15,11 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from common import machine_line
+from common import print_ratios
 from detect_throughput import checkpoint_of, make_images, timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,17 +74,10 @@ def main() -> None:
             runs["plain smp"].append(run_plain(args, images, checkpoint))
             runs["cvtool"].append(run_cvtool(args, images, classes))
     n, base = args.images, "plain smp"
-    wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
-    loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     agree = sum(a == b for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
-    print(f"segment-semantic {args.model}, {n} images 128x128, batch {args.batch_size}, "
-          f"{'masks and overlays to PNG' if args.output else 'records only'}, median of "
-          f"{args.repeats} alternating processes each; {machine_line()}")
-    print(f"{'run':<18}{'img/s (process)':>16}{'img/s (loop)':>14}{'ratio':>8}"
-          f"{'ratio (loop)':>14}")
-    for name in runs:
-        print(f"{name:<18}{n / wall[name]:>16.2f}{n / loop[name]:>14.2f}"
-              f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}")
+    print_ratios(f"segment-semantic {args.model}, {n} images 128x128, batch {args.batch_size}, "
+                 f"{'masks and overlays to PNG' if args.output else 'records only'}, median of "
+                 f"{args.repeats} alternating processes each", runs, n, base)
     print(f"images with the same pixel count for every class: {agree:.1%}; PNGs written: "
           + ", ".join(f"{name} {rs[0][3]}" for name, rs in runs.items()))
 
