@@ -131,7 +131,7 @@ def test_failure_budget_stops_and_says_what_was_left(tmp_path: Path) -> None:
     assert result.code == 1
     assert [r["ok"] for r in result.records()] == [True, False, False]
     assert "stopped after 2 failed inputs" in result.stderr
-    assert "4 inputs were left unprocessed" in result.stderr
+    assert "4 inputs left unprocessed" in result.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["complete"] is False
     rest = cvtool("classify", *inputs, "-m", "digits-cnn", "--workers", "0", "-o",
                   tmp_path / "run", "--resume")

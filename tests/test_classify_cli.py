@@ -95,6 +95,7 @@ def test_csv_and_table_formats(weights_file, images):
     rows = list(csv.DictReader(io.StringIO(
         classify(weights_file, str(images), "--format", "csv", "--topk", "2").stdout)))
     assert len(rows) == 6 and [r["rank"] for r in rows[:2]] == ["1", "2"]
+    assert {r["ok"] for r in rows} == {"true"}  # as JSON spells it, not Python's True
     jsonl = classify(weights_file, str(images), "--topk", "2").records()
     # Two runs: which inputs share a batch depends on decode timing, and float32 rounds
     # differently per batch, so the last digits may differ.

@@ -27,6 +27,21 @@ def test_help_never_imports_torch():
     assert "classify" in done.stdout and "--model" in done.stdout
 
 
+def test_shell_completion_completes_commands_and_options_without_torch():
+    import os
+
+    script = cvtool_process("--show-completion", "bash")
+    assert script.code == 0 and "_CVTOOL_COMPLETE=complete_bash" in script.stdout
+    for words, cword, expected in (("cvtool segment-s", "1", "segment-semantic"),
+                                   ("cvtool detect --str", "2", "--streams")):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-m", "cvtool"],
+                              capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "_CVTOOL_COMPLETE": "complete_bash",
+                                   "COMP_WORDS": words, "COMP_CWORD": cword})
+        assert done.returncode == 0 and done.stdout.split() == [expected], done.stdout
+        assert not any(line.endswith("| torch") for line in done.stderr.splitlines())
+
+
 def test_version_and_module_entry_point():
     result = cvtool_process("--version")
     assert result.code == 0 and result.stdout.startswith("cvtool ")
@@ -123,3 +138,17 @@ def test_tta_views_share_the_model_transforms(photo_paths):
     assert views.shape == (10, 3, 224, 224)
     assert torch.allclose(views[4], transforms(image), atol=1e-6)  # the centre crop
     assert torch.allclose(views[9], transforms(image).flip(-1), atol=1e-6)  # its mirror
+
+
+def test_counts_are_in_the_right_number_and_csv_says_false_as_json_does(tmp_path):
+    digit = sorted((ROOT / "sample_images" / "digits").glob("*.png"))[0]
+    one = cvtool("classify", digit, "-m", "digits-cnn", "--device", "cpu")
+    assert one.code == 0 and "1 input, 0 failed" in one.stderr and "1 inputs" not in one.stderr
+    two = cvtool("classify", digit, tmp_path / "missing.png", "-m", "digits-cnn", "--device",
+                 "cpu", "--format", "csv")
+    assert two.code == 1 and "2 inputs, 1 failed" in two.stderr
+    import csv
+    import io
+
+    rows = list(csv.DictReader(io.StringIO(two.stdout)))
+    assert rows[-1]["ok"] == "false" and rows[-1]["error_type"] == "FileNotFoundError"

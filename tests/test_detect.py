@@ -105,7 +105,9 @@ def test_annotated_images_and_crops_mirror_the_inputs(weights, scenes, tmp_path)
     mirrored = Path(os.path.abspath(scenes / "a.png")).relative_to("/")
     with Image.open(output / mirrored) as annotated:
         assert annotated.size == (320, 320)
-    crops = sorted((output / "crops" / mirrored).iterdir())
+    # The crops' folder does not look like a PNG itself: every **/*.png is an image.
+    crops = sorted((output / "crops" / mirrored.parent / "a_png").iterdir())
+    assert all(path.is_file() for path in (output / "crops").rglob("*.png"))
     assert [p.name for p in crops][:2] == ["000_person.png", "001_person.png"]
     assert len(crops) == len(record["detections"])
     x1, y1, x2, y2 = record["detections"][0]["box"]

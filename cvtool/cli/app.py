@@ -35,7 +35,7 @@ from cvtool.core.options import (
 )
 from cvtool.core.status import UsageError
 
-app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=False,
+app = typer.Typer(name="cvtool", no_args_is_help=True, add_completion=True,
                   rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="Computer vision from the command line, on PyTorch.")
 

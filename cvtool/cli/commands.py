@@ -13,6 +13,7 @@ from typing import Any
 from cvtool.cli.options import InferenceOptions
 from cvtool.core.context import Environment
 from cvtool.core.options import ClassifyOptions, DetectOptions, GenerateOptions, SegmentOptions
+from cvtool.core.results import counted
 from cvtool.core.status import ExitStatus, UsageError
 from cvtool.core.tasks import TASKS
 
@@ -134,9 +135,10 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
             left = "the rest of standard input was not read"
         else:
             listing = runs.in_shard(read_sources(env, sources, common.null), shard)
-            left = f"{sum(s.path not in done for s in listing)} inputs were left unprocessed"
+            left = (f"{counted(sum(s.path not in done for s in listing), 'input')} "
+                    "left unprocessed")
         again = "; --resume continues the run" if output is not None else ""
-        env.log(f"stopped after {tally.failed} failed inputs (--max-failures "
+        env.log(f"stopped after {counted(tally.failed, 'failed input')} (--max-failures "
                 f"{common.max_failures}): {left}{again}")
     if records_file is not None and records_file.earlier["failed"]:
         return ExitStatus.PARTIAL  # the whole run's status: an earlier part of it failed some
@@ -204,7 +206,8 @@ def read_sources(env: Environment, sources: list[str], null: bool) -> Any:
 
 def _summarise(env: Environment, tally: Any) -> None:
     counts = tally.to_dict()
-    env.log(f"{counts['inputs']} inputs, {counts['failed']} failed, {counts['seconds']:.2f} s "
+    env.log(f"{counted(counts['inputs'], 'input')}, {counts['failed']} failed, "
+            f"{counts['seconds']:.2f} s "
             f"({counts['inputs_per_second'] or 0:.1f}/s)")
 
 

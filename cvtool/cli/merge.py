@@ -13,6 +13,7 @@ from cvtool.cli.commands import (
     resolve_format,
 )
 from cvtool.core.context import Environment
+from cvtool.core.results import counted
 from cvtool.core.status import UsageError
 
 
@@ -72,7 +73,8 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
     if metrics is not None:
         info["metrics"] = metrics()
     write_run_json(output, info)
-    env.log(f"merged {len(loaded)} runs: {tally.total} inputs, {tally.failed} failed")
+    env.log(f"merged {counted(len(loaded), 'run')}: {counted(tally.total, 'input')}, "
+            f"{tally.failed} failed")
     return tally.status()
 
 

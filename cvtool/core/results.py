@@ -130,6 +130,11 @@ class InputFailure(Exception):
         self.error = InputError(type=type, message=message)
 
 
+def counted(count: int, noun: str) -> str:
+    """`1 input`, `2 inputs`: a count and its noun, in the right number (English `-s`)."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
 def one_line(error: BaseException, limit: int = 300) -> str:
     """An exception's message folded onto one line, for error records and messages."""
     return " ".join(str(error).split())[:limit] or type(error).__name__

@@ -15,7 +15,7 @@ from typing import Any
 
 from cvtool import __version__
 from cvtool.core.context import Environment
-from cvtool.core.results import Record
+from cvtool.core.results import Record, counted
 from cvtool.core.status import ExitStatus
 from cvtool.core.versions import versions
 from cvtool.io.writers import RecordWriter, write_json
@@ -92,7 +92,7 @@ def _with_lines(env: Environment, records: Iterable[Record], tally: Tally) -> It
         now = time.perf_counter()
         if now - shown >= interval:
             shown = now
-            env.log(f"progress: {tally.total} inputs, {tally.failed} failed, "
+            env.log(f"progress: {counted(tally.total, 'input')}, {tally.failed} failed, "
                     f"{tally.total / max(tally.seconds, 1e-9):.1f}/s")
 
 

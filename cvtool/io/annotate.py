@@ -3,7 +3,9 @@
 Files mirror the input's path under `--output`: a path inside the working directory keeps its
 relative path, any other keeps its absolute path below the output root. Annotated images keep the
 input's name (JPEG for .jpg/.jpeg, PNG otherwise, `.png` appended to other extensions); crops go
-to `crops/<mirrored input path>/<NNN>_<label>.png`, NNN the detection's position in the record.
+to `crops/<mirrored input folder>/<name>_<ext>/<NNN>_<label>.png` (`a.png` -> `a_png/`: a folder
+that does not look like an image to `**/*.png` globs, and `a.jpg` beside it keeps its own), NNN
+the detection's position in the record.
 Pillow and numpy only; every file is written atomically.
 """
 
@@ -114,7 +116,14 @@ class ArtifactWriter:
         for number, detection in enumerate(detections):
             name = f"{number:03d}_{_UNSAFE.sub('_', detection['label'])}.png"
             cropped = crop(image, detection["box"])
-            write_artifact(self.output / "crops" / relative / name, encoded(cropped, ".png"))
+            write_artifact(self.output / "crops" / crops_folder(relative) / name,
+                           encoded(cropped, ".png"))
+
+
+def crops_folder(relative: Path) -> Path:
+    """Where an input's crops go, relative to `crops/`: its name with the dot of its extension
+    made an underscore."""
+    return relative.with_name(relative.name.replace(".", "_"))
 
 
 def refuse_overwriting_input(target: Path, path: str, output: Path) -> None:

@@ -84,8 +84,7 @@ class CsvWriter:
         self.stream.flush()
 
     def _row(self, row: dict[str, Any]) -> None:
-        self.writer.writerow({key: printable(value) if isinstance(value, str) else value
-                              for key, value in row.items()})
+        self.writer.writerow({key: csv_value(value) for key, value in row.items()})
 
     def close(self) -> None:
         self.stream.flush()
@@ -306,6 +305,13 @@ def write_json(path: Path, data: Any) -> None:
         handle.write("\n")
 
 
+def csv_value(value: Any) -> Any:
+    """A CSV cell as JSON spells it: `true`/`false` (not Python's `True`), printable text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return printable(value) if isinstance(value, str) else value
+
+
 def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
                no_color: bool = False) -> None:
     """Flat rows (listings, summaries) as a table, JSON lines or CSV."""
@@ -315,7 +321,7 @@ def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
     elif fmt == "csv":
         writer = csv.DictWriter(stream, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: csv_value(value) for key, value in row.items()} for row in rows)
     else:
         from rich.console import Console
         from rich.table import Table
