@@ -152,3 +152,40 @@ def test_counts_are_in_the_right_number_and_csv_says_false_as_json_does(tmp_path
 
     rows = list(csv.DictReader(io.StringIO(two.stdout)))
     assert rows[-1]["ok"] == "false" and rows[-1]["error_type"] == "FileNotFoundError"
+
+
+def test_help_names_values_as_users_type_them_and_shows_choices_and_examples():
+    """Every command's --help: no Python annotation as a value's type (`<list[str]>`,
+    `<int range>`); choices listed (and so validated by Typer); an example; the default model
+    and whether it works offline."""
+    commands = [["classify"], ["detect"], ["segment-instance"], ["segment-semantic"], ["merge"],
+                ["export"], ["models"], ["generate"], ["benchmark-device"], ["train", "classify"],
+                ["train", "detect"], ["train", "segment-semantic"], ["train", "generate"],
+                ["data", "digits"], ["data", "shapes"]]
+    script = ("import contextlib, io, json, sys\nfrom cvtool.cli.app import run_cli\nout = {}\n"
+              f"for args in {commands!r}:\n"
+              "    buf = io.StringIO()\n"
+              "    with contextlib.redirect_stdout(buf):\n"
+              "        assert run_cli([*args, '--help']) == 0, args\n"
+              "    out[' '.join(args)] = buf.getvalue()\n"
+              "print(json.dumps(out))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stderr
+    import json
+    import re
+
+    helps = json.loads(done.stdout)
+    for name, text in helps.items():
+        python_types = re.findall(r"<(?:list\[\w+\]|int(?: range)?|float(?: range)?|str|bool|"
+                                  r"path)>", text)
+        assert not python_types, (name, python_types)
+    assert "--precision <fp32|bf16|fp16|auto>" in helps["classify"]
+    assert "--activation <sigmoid|tanh|relu|leaky_relu|elu>" in helps["train classify"]
+    for name in ("classify", "detect", "segment-instance", "segment-semantic"):
+        assert "Example:\n    cvtool " + name in helps[name], name
+        assert "works offline" in helps[name]
+    assert "efficientnet_lite0" in helps["classify"]
+    assert "fasterrcnn_mobilenet_v3_large_fpn" in helps["detect"]
+    bad = cvtool("classify", "x.jpg", "--precision", "bf17")
+    assert bad.code == 2 and "bf17" in bad.stderr and "fp32" in bad.stderr

@@ -87,7 +87,15 @@ def classify(
     *,
     common: InferenceOptions,
 ) -> None:
-    """Classify images: top-k labels with softmax probabilities."""
+    """Classify images: top-k labels with softmax probabilities.
+
+    The default model, efficientnet_lite0 (ImageNet's 1000 classes), is installed with cvtool
+    and works offline.
+
+    \b
+    Example:
+      cvtool classify photos/ --topk 3 --format csv > labels.csv
+    """
     from cvtool.cli.commands import classify as run
 
     env = current(common.quiet, common.debug)
@@ -136,9 +144,26 @@ def detect(
         classes=classes or [], save_crops=save_crops), gt=gt, evaluate=eval)
 
 
-app.command("detect", help="Detect objects: boxes, labels and scores.")(detect)
-app.command("segment-instance", help="Segment object instances: detections with COCO RLE masks."
-            )(detect)
+OFFLINE_DETECTORS = ("The default model's weights are torchvision's download (`cvtool models "
+                     "pull NAME` where there is network; offline, a missing file is exit 3); "
+                     "the house model shapes-maskrcnn is installed with cvtool and works "
+                     "offline.")
+app.command("detect", help=f"""Detect objects: boxes, labels and scores.
+
+    {OFFLINE_DETECTORS}
+
+    \b
+    Example:
+      cvtool detect scenes/ -m shapes-maskrcnn --conf 0.5 -o out/
+    """)(detect)
+app.command("segment-instance", help=f"""Segment object instances: detections with COCO RLE masks.
+
+    {OFFLINE_DETECTORS}
+
+    \b
+    Example:
+      cvtool segment-instance scenes/ -m shapes-maskrcnn --save-crops -o out/
+    """)(detect)
 
 
 @app.command("segment-semantic")
@@ -164,7 +189,16 @@ def segment_semantic(
     *,
     common: InferenceOptions,
 ) -> None:
-    """Segment images: a class for every pixel; mask PNGs and overlays under --output."""
+    """Segment images: a class for every pixel; mask PNGs and overlays under --output.
+
+    The default model's weights are torchvision's download (`cvtool models pull NAME` where
+    there is network; offline, a missing file is exit 3); the house model shapes-unet is
+    installed with cvtool and works offline.
+
+    \b
+    Example:
+      cvtool segment-semantic scenes/ -m shapes-unet --gt-masks masks/ --eval -o out/
+    """
     from cvtool.cli.commands import segment_semantic as run
 
     env = current(common.quiet, common.debug)

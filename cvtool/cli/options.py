@@ -15,7 +15,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -79,9 +79,9 @@ class InferenceOptions(PredictorOptions):
 # The same 21 for Typer, in the order --help lists them.
 INFERENCE_OPTIONS: dict[str, Any] = {
     "device": Device,
-    "precision": Annotated[str, typer.Option(
-        help="fp32 | bf16 | fp16 | auto (bf16 where the device computes it natively: "
-             "AVX512-BF16 / AMX CPUs, bf16 GPUs; else fp32)")],
+    "precision": Annotated[Literal["fp32", "bf16", "fp16", "auto"], typer.Option(
+        help="auto: bf16 where the device computes it natively (AVX512-BF16 / AMX CPUs, bf16 "
+             "GPUs), else fp32.")],
     "batch_size": Annotated[int, typer.Option("--batch-size", "-b", min=1)],
     "workers": Annotated[int, typer.Option(
         min=0, help="Decoding threads (0: decode in the main thread).")],
@@ -109,8 +109,8 @@ INFERENCE_OPTIONS: dict[str, Any] = {
                             "inputs, by a hash of each path.", show_default=False)],
     "max_failures": Annotated[Optional[int], typer.Option(
         min=1, help="Stop once this many inputs have failed (exit 1).", show_default=False)],
-    "engine": Annotated[str, typer.Option(
-        metavar="local|ray", help="Run the model here, or on Ray (pip install \"cvtool[ray]\").")],
+    "engine": Annotated[Literal["local", "ray"], typer.Option(
+        help="Run the model here, or on Ray (pip install \"cvtool[ray]\").")],
     "actors": Annotated[int, typer.Option(help="--engine ray: predictor actors.")],
     "gpus_per_actor": Annotated[float, typer.Option(help="--engine ray: GPUs for each actor.")],
     "ray_address": Annotated[Optional[str], typer.Option(
@@ -149,3 +149,30 @@ def inference_command(options_type: type[PredictorOptions]) -> Callable[[Callabl
         return command
 
     return decorate
+
+
+# What a value is called in --help, by its Python type: Typer 0.29 prints the annotation itself
+# (`<list[str]>`, `<int range>`), which tells a user nothing they can type.
+METAVARS = {int: "N", float: "X", str: "TEXT", Path: "PATH", bool: "BOOL"}
+
+
+def readable_help(command: Any) -> Any:
+    """Name the values of every option and argument of `command` (and its subcommands) the
+    way users write them (`N`, `TEXT`, `PATH`), where the declaration gave no metavar and the
+    type is not a choice (Typer lists those itself: `<fp32|bf16|fp16|auto>`); returns it."""
+    for sub in getattr(command, "commands", {}).values():
+        readable_help(sub)
+    for param in command.params:
+        described = getattr(param, "type_descriptor", None)
+        if described is None or described.is_choice or getattr(param, "is_flag", False):
+            continue
+        if param.param_type_name == "argument":
+            param.metavar = param.metavar or param.name.upper()  # click adds "..." for nargs=-1
+            param.display_type_rich = lambda ctx: None  # the name says it; no type after it
+        elif param.metavar is None:
+            kind = described.annotation
+            if described.is_list and typing.get_args(kind):
+                kind = typing.get_args(kind)[0]
+            kind = next((arg for arg in typing.get_args(kind) if arg is not type(None)), kind)
+            param.metavar = "PATH" if described.is_path else METAVARS.get(kind, "VALUE")
+    return command

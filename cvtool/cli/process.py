@@ -19,6 +19,7 @@ try:  # recent typer releases vendor click; older ones raise click's own excepti
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import ClickException as ClickUsageProblem
 
+from cvtool.cli.options import readable_help
 from cvtool.core.context import Environment, StdoutClosed, activated
 from cvtool.core.results import one_line
 from cvtool.core.status import CvtoolError, ExitStatus
@@ -52,7 +53,7 @@ def run_cli(app: typer.Typer, argv: list[str] | None = None,
     argv = sys.argv[1:] if argv is None else argv
     env.debug = env.debug or "--debug" in argv
     env.argv = list(argv)
-    command = typer.main.get_command(app)
+    command = readable_help(typer.main.get_command(app))
     try:
         with activated(env), _warnings_as_lines(env):
             result = command.main(argv, prog_name="cvtool", standalone_mode=False)

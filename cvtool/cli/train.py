@@ -10,7 +10,7 @@ import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -35,21 +35,21 @@ Loss = Annotated[str, typer.Option(help="ce (softmax) | svm (multiclass hinge)."
 Depth = Annotated[int, typer.Option(help="mlp: hidden layers; cnn: conv layers.")]
 Width = Annotated[int, typer.Option(
     help="mlp: units per hidden layer; cnn: channels of the first conv, doubled per layer.")]
-Activation = Annotated[str, typer.Option(help="sigmoid | tanh | relu | leaky_relu | elu")]
-Init = Annotated[str, typer.Option(
-    help="auto | small | large | xavier | kaiming (auto: small for linear, else kaiming).")]
+Activation = Annotated[Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu"], typer.Option()]
+Init = Annotated[Literal["auto", "small", "large", "xavier", "kaiming"], typer.Option(
+    help="auto: small for linear, else kaiming.")]
 BatchNorm = Annotated[bool, typer.Option(
     "--batch-norm", help="Batch norm after each conv/hidden layer (folded for inference).")]
 Dropout = Annotated[float, typer.Option(help="Dropout probability P.")]
 Weights = Annotated[str, typer.Option(
     help="torchvision models: none (from scratch) | default (fine-tune) | PATH.")]
-Optimizer = Annotated[str, typer.Option(help="sgd | momentum | adagrad | rmsprop | adam")]
+Optimizer = Annotated[Literal["sgd", "momentum", "adagrad", "rmsprop", "adam"], typer.Option()]
 Lr = Annotated[Optional[float], typer.Option(
     help="Learning rate [default: sgd 0.05, momentum/adagrad 0.01, rmsprop/adam 0.001].",
     show_default=False)]
-Reg = Annotated[str, typer.Option(help="none | l1 | l2 (on conv and linear weights).")]
+Reg = Annotated[Literal["none", "l1", "l2"], typer.Option(help="On conv and linear weights.")]
 RegStrength = Annotated[float, typer.Option(help="lambda of --reg.")]
-Schedule = Annotated[str, typer.Option(help="constant | step | cosine (per epoch).")]
+Schedule = Annotated[Literal["constant", "step", "cosine"], typer.Option(help="Per epoch.")]
 Epochs = Annotated[Optional[int], typer.Option(
     min=1, show_default=False, help="Epochs [default: classify 10, detect and segment-instance "
     "12, segment-semantic and generate 20]; with --resume, a larger count extends the run.")]
@@ -63,7 +63,7 @@ Seed = Annotated[int, typer.Option(help="Seed of the split, init, shuffling and 
 TrainWorkers = Annotated[int, typer.Option(
     min=0, help="DataLoader worker processes decoding image files (0: in the training process; "
                 "digits are in memory and use none). Kept in config.json for --resume.")]
-Precision = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 (autocast).")]
+Precision = Annotated[Literal["fp32", "bf16", "fp16"], typer.Option(help="Autocast.")]
 Compile = Annotated[bool, typer.Option(help="torch.compile the training forward.")]
 Sanity = Annotated[bool, typer.Option(help="Also overfit a tiny subset before training.")]
 SyncBn = Annotated[bool, typer.Option(
@@ -216,7 +216,7 @@ MaxSize = Annotated[Optional[int], typer.Option(
 DetectorLr = Annotated[Optional[float], typer.Option(
     help="Learning rate [default: adam/rmsprop 0.002, others 0.02].", show_default=False)]
 WeightDecay = Annotated[float, typer.Option(help="Weight decay (adam becomes AdamW).")]
-DetectorSchedule = Annotated[str, typer.Option(help="constant | step | cosine (per epoch).")]
+DetectorSchedule = Annotated[Literal["constant", "step", "cosine"], typer.Option(help="Per epoch.")]
 Warmup = Annotated[int, typer.Option(help="Iterations of linear learning-rate warm-up.")]
 DetectorBatch = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 DetectorAugment = Annotated[bool, typer.Option(
@@ -321,7 +321,7 @@ def _widths(value: str | None) -> list[int] | None:
 GenerativeData = Annotated[Optional[str], typer.Option(
     "--data", help="digits, or DIR with train/<class>/ (and val/<class>/) images.",
     show_default=False)]
-GenerativeModel = Annotated[str, typer.Option("--model", "-m", help="pixelcnn | vae | gan")]
+GenerativeModel = Annotated[Literal["pixelcnn", "vae", "gan"], typer.Option("--model", "-m")]
 GenerativeWidth = Annotated[int, typer.Option(help="Channels of the convolutions.")]
 Layers = Annotated[int, typer.Option(help="pixelcnn: residual blocks.")]
 LatentDim = Annotated[int, typer.Option(help="vae / gan: latent dimensions.")]

@@ -62,7 +62,8 @@ class Environment:
             self.console.print(message, markup=False)
 
     def warn(self, message: str) -> None:
-        if self.mute_warnings:
+        """A warning on stderr; `--quiet` keeps stderr for errors alone."""
+        if self.mute_warnings or self.quiet:
             return
         self.console.print(f"warning: {message}", markup=False, style="yellow")
 
