@@ -75,7 +75,7 @@ def held_out_examples(labels: np.ndarray) -> list[int]:
 
 
 def digit_image(pixels: np.ndarray) -> Image.Image:
-    """8x8 counts 0..16, scaled as training scales them, enlarged to 32x32 with blocks kept sharp."""
+    """8x8 counts 0..16, scaled as training scales them, enlarged to 32x32, blocks kept sharp."""
     from cvtool.data.classification import digit_image as training_digit
 
     return training_digit(pixels).convert("L").resize((DIGIT_SIZE, DIGIT_SIZE),

@@ -61,8 +61,10 @@ def save_exif_rotated(image: Image.Image, path: Path) -> None:
     image.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif)
 
 
-def run(task: str, model: str, weights: Path, *args: object) -> Result:
-    return cvtool(task, "-m", model, "--weights", str(weights), "-q", *map(str, args))
+def run(task: str, model: str, weights: Path, *args: object, quiet: bool = True) -> Result:
+    """The command with `-q` unless the test reads warnings (which `-q` silences)."""
+    return cvtool(task, "-m", model, "--weights", str(weights), *(["-q"] if quiet else []),
+                  *map(str, args))
 
 
 def boxes(record: dict) -> list[list[float]]:

@@ -96,21 +96,15 @@ def test_labels_drawn_from_the_cache_match_labels_drawn_directly() -> None:
     import numpy as np
     from PIL import Image, ImageDraw, ImageFont
 
-    from cvtool.io.annotate import draw_detections
-    from cvtool.io.palette import colour
+    from cvtool.io.annotate import text_mask
 
-    image = Image.new("RGB", (96, 64), (200, 200, 200))
-    detection = {"index": 1, "label": "cat", "score": 0.875, "box": [10.0, 30.0, 80.0, 60.0]}
-    drawn = np.asarray(draw_detections(image, [detection, detection]))
-    expected = image.copy()
-    draw = ImageDraw.Draw(expected)
-    font = ImageFont.load_default()
-    _, _, width, height = draw.textbbox((0, 0), "cat 0.88", font=font)
-    draw.rectangle((10, 30, 80, 60), outline=colour(1), width=1)
-    top = 30 - height - 2
-    draw.rectangle((10, top, 10 + width + 2, top + height + 2), fill=colour(1))
-    draw.text((11, top + 1), "cat 0.88", fill=(0, 0, 0), font=font)
-    assert np.abs(drawn.astype(int) - np.asarray(expected).astype(int)).max() <= 1
+    cached = text_mask("cat 0.88", 14)
+    assert text_mask("cat 0.88", 14) is cached  # rendered once
+    font = ImageFont.load_default(14)
+    left, top, right, bottom = font.getbbox("cat 0.88")
+    direct = Image.new("L", (right - left, bottom - top))
+    ImageDraw.Draw(direct).text((-left, -top), "cat 0.88", fill=255, font=font)
+    assert np.array_equal(np.asarray(cached), np.asarray(direct))
 
 
 def test_libraries_deprecation_notes_stay_off_stderr(tmp_path: Path) -> None:

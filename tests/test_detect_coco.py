@@ -133,7 +133,7 @@ def test_empty_annotations_and_unmatched_inputs_warn_not_crash(ssd_weights, data
     gt = _ground_truth([])
     gt["images"] = gt["images"][:1]  # two.png is not in the ground truth
     gt_path = _write(tmp_path / "gt.json", gt)
-    result = cvtool_eval(ssd_weights, dataset, gt_path, tmp_path / "out")
+    result = cvtool_eval(ssd_weights, dataset, gt_path, tmp_path / "out", quiet=False)
     assert result.code == 0, result.stderr
     assert "no usable annotations" in result.stderr and "two.png is not in --gt" in result.stderr
     metrics = json.loads((tmp_path / "out" / "run.json").read_text())["metrics"]["bbox"]
@@ -145,6 +145,6 @@ def test_gt_file_that_does_not_exist_is_a_usage_error(tmp_path) -> None:
         load_ground_truth(tmp_path / "missing.json", print)
 
 
-def cvtool_eval(weights: Path, dataset: Path, gt_path: Path, output: Path):
+def cvtool_eval(weights: Path, dataset: Path, gt_path: Path, output: Path, quiet: bool = True):
     return run("detect", SSD, weights, dataset / "images", "--conf", "0.3", "--gt", gt_path,
-               "--eval", "-o", output)
+               "--eval", "-o", output, quiet=quiet)

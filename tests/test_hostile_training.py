@@ -122,8 +122,10 @@ def _history(run: Path) -> list[dict]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
-def _resume(run: Path, *extra: str):
-    return cvtool("train", "classify", "--resume", run, "--device", "cpu", "-q", *extra)
+def _resume(run: Path, *extra: str, quiet: bool = True):
+    """Resume with `-q` unless the test reads warnings (which `-q` silences)."""
+    return cvtool("train", "classify", "--resume", run, "--device", "cpu",
+                  *(["-q"] if quiet else []), *extra)
 
 
 @pytest.mark.parametrize("config", ["{not json", "[]", '{"config": 3}',
@@ -141,7 +143,7 @@ def test_a_stray_newest_state_is_passed_over(linear_runs, tmp_path: Path) -> Non
     run = _copy_run(linear_runs, tmp_path)
     state = run / "state"
     shutil.copy(state / "epoch-0002.json", state / "epoch-0009.json")  # no tensors beside it
-    result = _resume(run, "--epochs", "3")
+    result = _resume(run, "--epochs", "3", quiet=False)
     assert result.code == 0, result.stderr
     assert "passing over" in result.stderr and "epoch-0009" in result.stderr
     assert _history(run) == _history(linear_runs["three"])
@@ -198,6 +200,6 @@ def test_training_state_loader_rejects_foreign_tensors(linear_runs, tmp_path: Pa
     tensors = load_file(tensors_path)
     tensors = {key.replace("model.", "model.x"): value for key, value in tensors.items()}
     save_file(tensors, tensors_path)
-    result = _resume(run, "--epochs", "3")
+    result = _resume(run, "--epochs", "3", quiet=False)
     assert result.code == 2 and "do not fit this run's model" in result.stderr
     assert isinstance(UsageError("x"), Exception)

@@ -18,7 +18,8 @@ from huggingface_hub import constants
 from PIL import Image
 
 from cvtool.io.decode import load_image
-from cvtool.io.palette import COLOURS
+from cvtool.io.masks import OVERLAY_ALPHA, class_boundaries
+from cvtool.io.palette import COLOURS, colour
 from cvtool.models.checkpoint import save_checkpoint
 from tests.awkward import ROTATED_SIZE, make_awkward_inputs
 from tests.clirun import Result, cvtool
@@ -114,7 +115,8 @@ def test_masks_have_the_input_size_and_class_values(weights, scenes, tmp_path) -
             f"class_{c['index']}" for c in record["classes"]]
         assert sum(c["fraction"] for c in record["classes"]) == pytest.approx(1.0)
     with Image.open(odd["mask_path"]) as png:
-        assert png.getpalette()[:9] == [0, 0, 0, 128, 0, 0, 0, 128, 0]  # VOC's colour map
+        # cvtool's class colours: class c as its boxes are drawn, background black.
+        assert png.getpalette()[:9] == [0, 0, 0, *colour(1), *colour(2)]
     assert len(odd["classes"]) >= 2
     assert np.array_equal(masks[0], masks[1])  # EXIF orientation applied before the model
     assert (masks[0] == _reference_fpn_mask(scenes / "odd.png")).mean() > 0.999
@@ -126,9 +128,18 @@ def test_overlay_tints_every_class_but_zero(weights, scenes, tmp_path) -> None:
     overlay_path = Path(record["mask_path"].replace("/masks/", "/overlays/"))
     image = np.asarray(Image.open(scenes / "odd.png"), dtype=float)
     drawn = np.asarray(Image.open(overlay_path), dtype=float)
+    # The image on top, a legend band (the classes present) below it.
+    assert drawn.shape[1] == image.shape[1] and drawn.shape[0] > image.shape[0]
+    legend, drawn = drawn[image.shape[0]:], drawn[:image.shape[0]]
     assert np.array_equal(drawn[mask == 0], image[mask == 0])
-    expected = np.rint(image * 0.55 + COLOURS[mask].astype(float) * 0.45)
-    assert np.abs(drawn - expected)[mask > 0].max() <= 1
+    edges = class_boundaries(mask)
+    fill = (mask > 0) & ~edges
+    expected = np.rint(image * (1 - OVERLAY_ALPHA) + COLOURS[mask].astype(float) * OVERLAY_ALPHA)
+    assert np.abs(drawn - expected)[fill].max() <= 1
+    assert np.array_equal(drawn[edges], COLOURS[mask][edges].astype(float))  # solid outline
+    for row in record["classes"]:
+        if row["index"]:  # every class present has its swatch in the legend
+            assert (legend == COLOURS[row["index"]]).all(axis=-1).any(), row
     run_json = json.loads((tmp_path / "run.json").read_text())
     assert run_json["models"][0]["encoder"] == ENCODER and run_json["task"] == "segment-semantic"
 

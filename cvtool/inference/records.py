@@ -87,12 +87,13 @@ class SemanticRecord(Record):
         return self.payload.get("mask_path")
 
     def draw(self) -> Image.Image:
-        """The overlay `-o DIR` writes for this input: every class but 0 tinted."""
+        """The overlay `-o DIR` writes for this input: every class but 0 filled and outlined,
+        a legend of the classes present below."""
         from cvtool.io.masks import overlay
 
         if self.mask is None:
             raise ValueError(f"{self.path} has no mask: {self.error}")
-        return overlay(_image_of(self), self.mask)
+        return overlay(_image_of(self), self.mask, {c.index: c.label for c in self.classes})
 
 
 def _image_of(record: Record) -> Image.Image:

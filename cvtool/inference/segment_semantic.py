@@ -142,10 +142,13 @@ class Segmenter:
     def _payload(self, path: str, image: Any, mask: np.ndarray) -> Output | InputError:
         if self.evaluation is not None and (error := self.evaluation.add(path, mask)):
             return error
-        mask_path = self.masks.save(path, image, mask) if self.masks is not None else None
+        classes = class_pixels(mask, self.loaded.categories)
+        labels = {row["index"]: row["label"] for row in classes}
+        mask_path = (self.masks.save(path, image, mask, labels) if self.masks is not None
+                     else None)
         if isinstance(mask_path, InputError):
             return mask_path
-        payload = {"mask_path": mask_path, "classes": class_pixels(mask, self.loaded.categories)}
+        payload = {"mask_path": mask_path, "classes": classes}
         return Output(payload, {"mask": mask})
 
 

@@ -1,10 +1,13 @@
 """Class-index masks: palette PNGs and overlays out, ground-truth masks in. Pillow and numpy only.
 
 Under `--output DIR`, `DIR/masks/<input path>.png` holds one class index per pixel (a palette PNG:
-the PASCAL VOC colour map, so 0 is black and 255, the usual ignore value, is VOC's cream) and
-`DIR/overlays/<input path>` the image with every pixel of a class other than 0 tinted in that
-class's colour. Paths mirror the inputs as annotated images do (cvtool/io/annotate.py); a mask takes
-the input's stem, as the masks of a training set do.
+cvtool's class colours, the boxes' colours of the same class ids, 0 black and 255, the usual
+ignore value, white) and
+`DIR/overlays/<input path>` the image with every region of a class other than 0 filled
+translucently in that class's colour inside a solid outline, and a legend band below it (each
+class present: its colour and name). The colours are the masks' own palette. Paths
+mirror the inputs as annotated images do (cvtool/io/annotate.py); a mask takes the input's stem,
+as the masks of a training set do.
 
 Ground-truth masks are the `.png` files under `--gt-masks DIR`; an input's mask is the one whose
 path below DIR, without extension, is the longest trailing run of the input's own path components
@@ -21,7 +24,7 @@ from PIL import Image
 from cvtool.core.files import open_regular
 from cvtool.core.results import InputError, InputFailure, one_line
 from cvtool.core.status import UsageError
-from cvtool.io.annotate import MASK_ALPHA, encoded, image_name, mirrored, refuse_overwriting_input
+from cvtool.io.annotate import encoded, image_name, mirrored, refuse_overwriting_input
 from cvtool.io.matching import TailIndex
 from cvtool.io.palette import COLOURS
 from cvtool.io.writers import BackgroundWrites, write_artifact
@@ -38,15 +41,75 @@ def mask_png(mask: np.ndarray) -> bytes:
     return encoded(image, ".png")
 
 
-def overlay(image: Image.Image, mask: np.ndarray, alpha: float = MASK_ALPHA) -> Image.Image:
-    """`image` with each pixel of class c > 0 blended with c's colour; class 0 left as it is.
-    Pillow's blend and composite, within 1 of float arithmetic and ~9x faster than numpy."""
+OVERLAY_ALPHA = 0.55  # strong enough to see on any background; the outline says where it ends
+LEGEND_BACKGROUND = (32, 32, 32)
+
+
+def overlay(image: Image.Image, mask: np.ndarray, labels: dict[int, str] | None = None,
+            alpha: float = OVERLAY_ALPHA) -> Image.Image:
+    """`image` with each region of class c > 0 filled with c's colour (`alpha`) inside a
+    solid outline of it, class 0 left as it is; with `labels` (index -> name of the classes
+    to name), a legend band below the image. Pillow's blend and composite for the fill."""
+    from cvtool.io.annotate import line_width
+
     base = image.convert("RGB")
     indices = Image.fromarray(mask.astype(np.uint8))
     tint = indices.copy()
     tint.putpalette(COLOURS.tobytes())
-    blended = Image.blend(base, tint.convert("RGB"), alpha)
-    return Image.composite(blended, base, indices.point(lambda value: 255 if value else 0))
+    tinted = tint.convert("RGB")
+    blended = Image.blend(base, tinted, alpha)
+    drawn = Image.composite(blended, base, indices.point(lambda value: 255 if value else 0))
+    edges = class_boundaries(mask, line_width(base.size))
+    drawn = Image.composite(tinted, drawn, Image.fromarray(edges.astype(np.uint8) * 255))
+    if labels:
+        drawn = with_legend(drawn, [(index, labels[index]) for index in sorted(labels)
+                                    if index != 0])
+    return drawn
+
+
+def class_boundaries(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a class other than 0 within `width` of a pixel of another class (or of the
+    image's edge): every region's outline, each in its own class."""
+    from PIL import ImageFilter
+
+    plane = Image.fromarray(mask.astype(np.uint8))
+    size = 2 * width + 1
+    low = np.asarray(plane.filter(ImageFilter.MinFilter(size)))
+    high = np.asarray(plane.filter(ImageFilter.MaxFilter(size)))
+    edge = (low != mask) | (high != mask)
+    edge[:width], edge[-width:], edge[:, :width], edge[:, -width:] = True, True, True, True
+    return edge & (mask != 0)
+
+
+def with_legend(image: Image.Image, entries: list[tuple[int, str]]) -> Image.Image:
+    """`image` over a band that names each (class index, label): a swatch of the class's
+    colour and its name, left to right, wrapping to as many rows as the width needs."""
+    from PIL import ImageDraw
+
+    from cvtool.io.annotate import label_padding, text_mask, text_size
+
+    if not entries:
+        return image
+    size = text_size(image.size)
+    pad = label_padding(size) + 1
+    tags = [text_mask(label, size) for _, label in entries]
+    cells, x, y = [], pad, pad
+    for tag in tags:
+        cell = size + pad + tag.width + 3 * pad  # swatch, gap, text, gap to the next
+        if x > pad and x + cell > image.width:
+            x, y = pad, y + size + pad
+        cells.append((x, y))
+        x += cell
+    band = Image.new("RGB", (image.width, y + size + pad), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(band)
+    for (index, _), tag, (x, y) in zip(entries, tags, cells):
+        swatch = tuple(int(value) for value in COLOURS[index])
+        draw.rectangle((x, y, x + size - 1, y + size - 1), fill=swatch, outline=(255, 255, 255))
+        band.paste((255, 255, 255), (x + size + pad, y + max(0, (size - tag.height) // 2)), tag)
+    out = Image.new("RGB", (image.width, image.height + band.height))
+    out.paste(image, (0, 0))
+    out.paste(band, (0, image.height))
+    return out
 
 
 class MaskWriter:
@@ -56,8 +119,10 @@ class MaskWriter:
         self.output, self.writes = Path(output), writes
         self.written: dict[Path, str] = {}  # mask file -> the input it was written for
 
-    def save(self, path: str, image: Image.Image, mask: np.ndarray) -> str | InputError:
-        """The mask's path, or why it cannot be written (another input took its name)."""
+    def save(self, path: str, image: Image.Image, mask: np.ndarray,
+             labels: dict[int, str] | None = None) -> str | InputError:
+        """The mask's path, or why it cannot be written (another input took its name).
+        `labels`: the classes present, named in the overlay's legend."""
         relative = mirrored(path)
         mask_path = self.output / "masks" / relative.with_name(relative.stem + ".png")
         overlay_path = self.output / "overlays" / image_name(relative)
@@ -69,7 +134,7 @@ class MaskWriter:
             refuse_overwriting_input(target, path, self.output)
         self.writes.submit(path, lambda: write_artifact(mask_path, mask_png(mask)))
         self.writes.submit(path, lambda: write_artifact(
-            overlay_path, encoded(overlay(image, mask), overlay_path.suffix)))
+            overlay_path, encoded(overlay(image, mask, labels), overlay_path.suffix)))
         return str(mask_path)
 
 

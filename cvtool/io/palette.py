@@ -1,5 +1,5 @@
-"""Every colour cvtool draws with, in one place: detections' class colours, the semantic masks'
-VOC colour map, and the shapes dataset's mask palette."""
+"""Every colour cvtool draws with, in one place: one colour per class for detections, masks and
+overlays alike, PASCAL VOC's colour map (for reference), and the shapes dataset's mask palette."""
 
 from __future__ import annotations
 
@@ -32,7 +32,18 @@ def voc_colour_map(size: int = MAX_CLASSES) -> np.ndarray:
     return colours
 
 
-COLOURS = voc_colour_map()
+def class_palette(size: int = MAX_CLASSES) -> np.ndarray:
+    """One colour per class index for every picture cvtool draws: class c > 0 is `colour(c)`,
+    as its detections' boxes are, 0 (background) black and 255 (the usual ignore value)
+    white. Semantic masks' palette PNGs carry it too."""
+    colours = np.array([colour(index) for index in range(size)], dtype=np.uint8)
+    colours[0] = 0
+    if size > 255:
+        colours[255] = 255
+    return colours
+
+
+COLOURS = class_palette()
 
 # The shapes dataset's mask files (`cvtool data shapes`): background black, circle, square and
 # triangle in the detection colours of classes 0, 1 and 3, 255 (ignore) white.
