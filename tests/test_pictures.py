@@ -115,3 +115,24 @@ def test_one_annotated_scene_and_one_overlay_match_their_golden_pictures() -> No
     (semantic,) = cvtool.SemanticSegmenter(model="shapes-unet", device="cpu").predict(scene)
     assert _close(instances.draw(), GOLDEN / "shapes_05_segment_instance.png") >= 0.99
     assert _close(semantic.draw(), GOLDEN / "shapes_05_segment_semantic.png") >= 0.99
+
+
+def test_curves_draw_only_panels_with_data_and_both_gan_players(tmp_path: Path) -> None:
+    from cvtool.train.generate_run import AXES
+    from cvtool.train.report import write_curves
+
+    history = [{"epoch": 1, "train_loss": 1.2, "discriminator_loss": 0.7,
+                "generator_loss": 1.2, "seconds": 1.0}]
+    panels = (("train loss", ("discriminator_loss", "generator_loss")),
+              (AXES["fid_digits"], ("fid_digits",)))  # a GAN on an image folder: no FID
+    drawn = write_curves(tmp_path, history, panels, best_epoch=1)
+    assert drawn == [("train loss", ["discriminator_loss", "generator_loss"])]
+    with Image.open(tmp_path / "curves.png") as picture:
+        assert picture.width < 600  # one panel, not two with an empty one
+    vae = [{"epoch": e, "train_loss": 100.0 - e, "elbo": -120.0 + e, "val_kl": 1.8,
+            "fid_digits": 94.0 - e} for e in (1, 2, 3)]
+    drawn = write_curves(tmp_path, vae, (("train loss", ("train_loss",)),
+                                         *((AXES[k], (k,)) for k in ("elbo", "val_kl",
+                                                                     "fid_digits"))), 3)
+    assert [name for name, _ in drawn] == ["train loss", "held-out ELBO (nats/image)",
+                                           "KL (nats/image)", "fid_digits (lower is better)"]

@@ -1,4 +1,6 @@
-"""`--plot FILE.png`: speedup over the CPU and throughput per case, one bar per series."""
+"""`--plot FILE.png`: per case, one bar per series (device, threads, dtype): the speedup over
+the CPU where an accelerator ran, else the share of this CPU's peak each case reached; and
+TFLOP/s."""
 
 from __future__ import annotations
 
@@ -21,12 +23,14 @@ def _series(results: list[BenchResult], metric: str) -> dict[str, dict[str, floa
     return dict(sorted(series.items(), key=lambda item: item[0].split()[::-1]))  # by dtype
 
 
-def _bars(axes: Any, series: dict[str, dict[str, float]], cases: list[str], ylabel: str) -> None:
+def _bars(axes: Any, series: dict[str, dict[str, float]], cases: list[str], ylabel: str,
+          log: bool = True) -> None:
     width = 0.8 / max(len(series), 1)
     for i, (label, values) in enumerate(series.items()):
         xs = [c + i * width for c, case in enumerate(cases) if case in values]
         axes.bar(xs, [values[case] for case in cases if case in values], width, label=label)
-    axes.set_yscale("log")
+    if log:
+        axes.set_yscale("log")
     axes.set_ylabel(ylabel)
     axes.set_xticks([c + 0.4 - width / 2 for c in range(len(cases))], cases, rotation=60,
                     ha="right", fontsize=7)
@@ -44,7 +48,10 @@ def write_plot(results: list[BenchResult], path: Path, title: str) -> None:
     FigureCanvasAgg(figure)
     top, bottom = figure.subplots(2, 1)
     speedups = {k: v for k, v in _series(results, "speedup").items() if not k.startswith("cpu")}
-    _bars(top, speedups or _series(results, "speedup"), cases, "speedup over CPU (x)")
+    if speedups:
+        _bars(top, speedups, cases, "speedup over CPU (x)")
+    else:  # CPU only: every speedup is 1.0; how close each case came to the peak says more
+        _bars(top, _series(results, "pct_of_peak"), cases, "% of this CPU's peak", log=False)
     _bars(bottom, _series(results, "tflops"), cases, "TFLOP/s")
     figure.suptitle(title)
     buffer = io.BytesIO()

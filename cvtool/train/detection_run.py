@@ -42,8 +42,8 @@ SMALL_BUILDER = "cvtool.models.small_detection:small_rcnn"
 EVAL_BATCH = 8
 # The figures of each epoch (metrics.jsonl) and of the summary, from pycocotools' stats.
 FIGURES = {"map": "AP", "map50": "AP50", "map75": "AP75"}
-PANELS = (("loss", ("train_loss",)),
-          ("val mAP", ("bbox_map", "bbox_map50", "segm_map", "segm_map50")))
+PANELS = (("train loss", ("train_loss",)),
+          ("val mAP (fraction)", ("bbox_map", "bbox_map50", "segm_map", "segm_map50")))
 
 
 def train_detection(env: Environment, config: DetectionConfig | None, run_dir: Path,

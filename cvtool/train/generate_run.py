@@ -44,6 +44,9 @@ SUMMARY_FID_SAMPLES = 1000
 EVAL_BATCH = 256
 FIGURES = {"pixelcnn": ["nll_bits_per_dim"], "vae": ["elbo", "val_reconstruction", "val_kl"],
            "gan": []}
+AXES = {"nll_bits_per_dim": "held-out NLL (bits/dim)", "elbo": "held-out ELBO (nats/image)",
+        "val_reconstruction": "reconstruction (nats/image)", "val_kl": "KL (nats/image)",
+        "fid_digits": "fid_digits (lower is better)"}
 
 
 class Images(torch.utils.data.Dataset):
@@ -160,7 +163,11 @@ class GenerativeTrainer(EpochTrainer):
         self.fid_samples = config.fid_samples
         self.figure_keys = FIGURES[self.family] + (["fid_digits"] if self.digits else [])
         self.score_key = "score"
-        self.panels = (("loss", ("train_loss",)), ("val", tuple(self.figure_keys)))
+        losses = (("discriminator_loss", "generator_loss") if self.family == "gan"
+                  else ("train_loss",))
+        # One axis per quantity, each with its unit: ELBO, KL and FID differ by 100x.
+        self.panels = (("train loss", losses),
+                       *((AXES.get(key, key), (key,)) for key in self.figure_keys))
         self.classifier = None
 
     def losses(self, batch: tuple[torch.Tensor]) -> dict[str, torch.Tensor]:

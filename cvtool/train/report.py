@@ -27,23 +27,43 @@ def confusion_matrix(labels: list[int], predictions: list[int],
 
 CLASSIFY_PANELS = (("loss", ("train_loss", "val_loss")),
                    ("accuracy", ("train_accuracy", "val_accuracy")))
+Panels = tuple[tuple[str, tuple[str, ...]], ...]
 
 
-def write_curves(run_dir: Path, history: list[dict[str, Any]],
-                 panels: tuple[tuple[str, tuple[str, ...]], ...] = CLASSIFY_PANELS) -> None:
-    """One panel per (y label, history keys) pair, each key a line over the epochs."""
-    figure, axes_row = _figure(1, len(panels), (5 * len(panels), 4))
+def write_curves(run_dir: Path, history: list[dict[str, Any]], panels: Panels = CLASSIFY_PANELS,
+                 best_epoch: int | None = None) -> list[tuple[str, list[str]]]:
+    """One panel per (y axis label, history keys) pair that has data, each key a line over
+    the epochs (whole-number ticks), the best epoch marked on every panel; returns the panels
+    drawn and their lines."""
+    filled = [(name, [key for key in keys if history and all(key in row for row in history)])
+              for name, keys in panels]
+    filled = [(name, keys) for name, keys in filled if keys]
+    if not filled:
+        return []
+    columns = min(3, len(filled))
+    rows = -(-len(filled) // columns)
+    figure, grid = _figure(rows, columns, (4.6 * columns, 3.6 * rows), squeeze=False)
+    from matplotlib.ticker import MaxNLocator
+
     epochs = [row["epoch"] for row in history]
-    for axes, (name, keys) in zip(axes_row, panels):
+    for axes, (name, keys) in zip(grid.flat, filled):
         for key in keys:
-            if all(key in row for row in history):
-                axes.plot(epochs, [row[key] for row in history], marker=".",
-                          label=key.replace("_", " "))
+            axes.plot(epochs, [row[key] for row in history], marker="o", markersize=3,
+                      label=key.replace("_", " "))
+        if best_epoch in epochs:
+            axes.axvline(best_epoch, color="0.4", linestyle="--", linewidth=1,
+                         label=f"best epoch ({best_epoch})")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) == 1:  # one point: a window around it, not matplotlib's +-0.04
+            axes.set_xlim(epochs[0] - 1, epochs[0] + 1)
         axes.set_xlabel("epoch")
         axes.set_ylabel(name)
         axes.grid(alpha=0.3)
-        axes.legend()
+        axes.legend(fontsize="small")
+    for axes in list(grid.flat)[len(filled):]:
+        axes.set_visible(False)  # no empty panels
     _save(figure, run_dir / CURVES)
+    return filled
 
 
 def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
@@ -66,14 +86,15 @@ def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
     _save(figure, run_dir / CONFUSION)
 
 
-def _figure(rows: int, columns: int, size: tuple[float, float]) -> tuple[Any, Any]:
+def _figure(rows: int, columns: int, size: tuple[float, float],
+            squeeze: bool = True) -> tuple[Any, Any]:
     # A Figure without pyplot: no global backend state, no display needed.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(figure)
-    return figure, figure.subplots(rows, columns)
+    return figure, figure.subplots(rows, columns, squeeze=squeeze)
 
 
 def _save(figure: Any, path: Path) -> None:

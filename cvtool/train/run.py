@@ -135,7 +135,7 @@ def _finish(run_dir: Path, trainer: Trainer, state: TrainingState,
     best = build_architecture(meta)
     best.load_state_dict(with_metadata(tensors, best))
     evaluation = trainer.evaluation(best.to(trainer.device), data.val)
-    write_curves(run_dir, state.history)
+    write_curves(run_dir, state.history, best_epoch=state.best_epoch)
     return write_summary(run_dir, data, evaluation, {
         "best_epoch": state.best_epoch, "epochs": state.epoch,
         **_sanity_summary(state.extra.get("sanity", {})),

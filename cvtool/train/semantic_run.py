@@ -38,7 +38,7 @@ from cvtool.train.session import finish_run, parameters, start_run, train_epochs
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 FIGURES = ["miou", "pixel_accuracy"]
-PANELS = (("loss", ("train_loss",)), ("val", ("miou", "pixel_accuracy")))
+PANELS = (("train loss", ("train_loss",)), ("val (fraction)", ("miou", "pixel_accuracy")))
 
 
 def train_semantic(env: Environment, config: SemanticConfig | None, run_dir: Path,

@@ -125,9 +125,9 @@ def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config:
                                   else (trainer.model.state_dict(), epoch_meta))
             save_checkpoint(run_dir / "best.safetensors", weights, best_meta)
         save_state(run_dir, state, trainer.model, trainer.optimizer)
-        figures = ", ".join(f"{key.replace('_', ' ')} {row[key]:.4f}" for key in logged)
-        env.log(f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f}, "
-                f"{figures}")
+        figures = [f"{key.replace('_', ' ')} {row[key]:.4f}"
+                   for key in ("train_loss", *logged) if key in row]
+        env.log(f"epoch {row['epoch']}/{config.epochs}: {', '.join(figures)}")
 
     with EpochProgress(env, config.epochs, state.epoch, len(trainer.train_set),
                        config.batch_size) as bar:
@@ -146,7 +146,7 @@ def finish_run(env: Environment, run_dir: Path, state: TrainingState,
                "train_seconds": round(sum(row["seconds"] for row in state.history), 3)}
 
     def write() -> dict[str, Any]:
-        write_curves(run_dir, state.history, panels)
+        write_curves(run_dir, state.history, panels, best_epoch=state.best_epoch)
         write_json(run_dir / "metrics.json", summary)
         return summary
 
