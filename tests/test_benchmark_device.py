@@ -110,7 +110,7 @@ def test_wrong_result_is_caught_by_the_reference(monkeypatch: pytest.MonkeyPatch
     (("--devices", "tpu"), "cpu, cuda, mps"),
     (("--sizes", "conv2d=resnet18"), "resnet50"),
     (("--sizes", "matmul=big"), "square"),
-    (("--format", "xml"), "table, json, csv"),
+    (("--format", "xml"), "'table', 'json', 'csv'"),
     (("--thread-counts", "0"), "'all'"),
     (("--fail-below", "cuda:float16:speedup"), "METRIC=VALUE"),
 ])

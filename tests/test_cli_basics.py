@@ -182,9 +182,11 @@ def test_help_names_values_as_users_type_them_and_shows_choices_and_examples():
         assert not python_types, (name, python_types)
     assert "--precision <fp32|bf16|fp16|auto>" in helps["classify"]
     assert "--activation <sigmoid|tanh|relu|leaky_relu|elu>" in helps["train classify"]
-    for name in ("classify", "detect", "segment-instance", "segment-semantic"):
+    for name, text in helps.items():
+        assert "Example:\n    cvtool " in text, name  # every command shows one
+    for name in ("classify", "detect", "segment-instance", "segment-semantic", "generate"):
         assert "Example:\n    cvtool " + name in helps[name], name
-        assert "works offline" in helps[name]
+        assert "works offline" in helps[name] or "work offline" in helps[name], name
     assert "efficientnet_lite0" in helps["classify"]
     assert "fasterrcnn_mobilenet_v3_large_fpn" in helps["detect"]
     bad = cvtool("classify", "x.jpg", "--precision", "bf17")

@@ -6,7 +6,7 @@ Nothing here imports torch at module level: `cvtool --help` must answer in a fra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 
 import typer
 
@@ -51,9 +51,8 @@ Weights = Annotated[Optional[list[str]], typer.Option(
          "| PATH to a state dict; once, or once per --model.",
     show_default=False)]
 # Format, when a command has no shared inference options (models, benchmark-device has its own).
-Format = Annotated[Optional[str], typer.Option(
-    "--format", help="table | jsonl | csv  [default: table on a terminal, else jsonl]",
-    show_default=False)]
+Format = Annotated[Optional[Literal["table", "jsonl", "csv"]], typer.Option(
+    "--format", help="[default: table on a terminal, else jsonl]", show_default=False)]
 
 
 def _print_version(value: bool) -> None:
@@ -227,7 +226,12 @@ def merge(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Join shard (or resumed) run directories: records in input order, summed counts."""
+    """Join shard (or resumed) run directories: records in input order, summed counts.
+
+    \b
+    Example:
+      cvtool merge shard-1 shard-2 -o merged --format coco > results.json
+    """
     from cvtool.cli.merge import merge as run
 
     env = current(quiet, debug)
@@ -272,7 +276,12 @@ def export(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Export a model to ONNX or OpenVINO, verified against eager PyTorch; summary on stdout."""
+    """Export a model to ONNX or OpenVINO, verified against eager PyTorch; summary on stdout.
+
+    \b
+    Example:
+      cvtool export shapes-unet -o unet.onnx && cvtool segment-semantic scenes/ -m unet.onnx
+    """
     from cvtool.cli.export import export as run
     from cvtool.export import ExportOptions
 
@@ -306,7 +315,12 @@ def models(
     debug: Debug = False,
 ) -> None:
     """List models with their parameters, GFLOPs, published accuracy, input size and cache
-    state (`cvtool models [TASK] [--filter P]`), or fetch weights (`cvtool models pull NAME`)."""
+    state (`cvtool models [TASK] [--filter P]`), or fetch weights (`cvtool models pull NAME`).
+
+    \b
+    Example:
+      cvtool models classify --filter 'resnet*' --format csv
+    """
     from cvtool.cli.commands import models as run
 
     env = current(quiet, debug)
@@ -344,7 +358,15 @@ def generate(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Sample images from a PixelCNN, VAE or GAN: PNGs, a grid, a JSON summary on stdout."""
+    """Sample images from a PixelCNN, VAE or GAN: PNGs, a grid, a JSON summary on stdout.
+
+    The house models digits-pixelcnn, digits-vae and digits-gan are installed with cvtool and
+    work offline.
+
+    \b
+    Example:
+      cvtool generate -m digits-gan -n 64 --seed 0 --grid samples.png
+    """
     from cvtool.cli.commands import generate as run
 
     env = current(quiet, debug)

@@ -8,7 +8,7 @@ error. Absent devices are reported in the output and are not errors.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Literal, Optional
 
 import typer
 
@@ -75,8 +75,8 @@ BatchSizes = Annotated[Optional[str], typer.Option(
 ThreadCounts = Annotated[str, typer.Option(
     help="CPU thread counts to measure: comma list of integers or 'all'. (Not --threads, "
          "which everywhere else sets torch's one thread count.)")]
-Format = Annotated[Optional[str], typer.Option(
-    "--format", help="table | json | csv [default: table on a terminal, else json]")]
+Format = Annotated[Optional[Literal["table", "json", "csv"]], typer.Option(
+    "--format", help="[default: table on a terminal, else json]", show_default=False)]
 SaveJson = Annotated[Optional[Path], typer.Option(
     help="Also write the JSON document to this file (atomically). (Not -o, which everywhere "
          "else names a directory.)", show_default=False)]
@@ -108,7 +108,12 @@ def benchmark_device(
     max_time: MaxTime = None, seed: Seed = 0, quick: Quick = False, quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """CPU vs GPU (vs MPS) timing of conv2d and matmul: median, IQR, TFLOP/s, % of peak."""
+    """CPU vs GPU (vs MPS) timing of conv2d and matmul: median, IQR, TFLOP/s, % of peak.
+
+    \b
+    Example:
+      cvtool benchmark-device --quick --plot bench.png
+    """
     env = current(quiet, debug)
     fmt = output_format or ("table" if env.stdout_isatty else "json")
     _choices(fmt, FORMATS, "--format")

@@ -51,6 +51,10 @@ def digits(out_dir: OutDir, seed: Seed = 0, val_split: ValSplit = 0.2, force: Fo
     """scikit-learn's 8x8 digits, split as training splits them.
 
     Writes OUT_DIR/{train,val}/<digit>/digit_<index>.png and prints a JSON summary.
+
+    \b
+    Example:
+      cvtool data digits digits_folder/
     """
     env = current(quiet, debug)
     finish(_write_digits, env, out_dir, seed, val_split, force)
@@ -92,6 +96,10 @@ def shapes(out_dir: ShapesOutDir, num: Num = 1000, val_num: ValNum = 200, seed: 
     Writes COCO annotations/{train,val}.json over images/{train,val}/, the same images as
     {train,val}/images/ with class-index masks in {train,val}/masks/, and classes.txt; prints a
     JSON summary.
+
+    \b
+    Example:
+      cvtool data shapes shapes/ --num 1000 --val-num 200 --seed 0
     """
     env = current(quiet, debug)
     finish(_write_shapes, env, out_dir, {"train": num, "val": val_num}, seed, force)

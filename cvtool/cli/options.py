@@ -23,7 +23,8 @@ from cvtool.core.options import PredictorOptions
 from cvtool.core.status import UsageError
 
 # The aliases every command shares.
-Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No logs or progress on stderr.")]
+Quiet = Annotated[bool, typer.Option(
+    "--quiet", "-q", help="Only errors on stderr: no logs, progress or warnings.")]
 Debug = Annotated[bool, typer.Option(help="Show tracebacks.")]
 Seed = Annotated[int, typer.Option(help="Seed for everything random (e.g. --weights none).")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N | mps")]
@@ -89,9 +90,9 @@ INFERENCE_OPTIONS: dict[str, Any] = {
     "streams": Annotated[Optional[int], typer.Option(
         min=1, help="Batches in the model at once on a CPU, each on its share of --threads  "
                     "[default: 2 on a CPU, 1 on a GPU]", show_default=False)],
-    "format": Annotated[Optional[str], typer.Option(
-        "--format", help="table | jsonl | csv (| coco for detect, segment-instance)  "
-                         "[default: table on a terminal, else jsonl]", show_default=False)],
+    "format": Annotated[Optional[Literal["table", "jsonl", "csv", "coco"]], typer.Option(
+        "--format", help="coco: detect and segment-instance only  [default: table on a "
+                         "terminal, else jsonl]", show_default=False)],
     "output": OutputDir,
     "null": Annotated[bool, typer.Option("--null", "-0", help="Paths on stdin are NUL-separated.")],
     "max_pixels": Annotated[Optional[int], typer.Option(

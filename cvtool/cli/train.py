@@ -187,7 +187,12 @@ def classify(
     sync_bn: SyncBn = False, nproc_per_node: NProcPerNode = 1,
     quiet: Quiet = False, debug: Debug = False,
 ) -> None:
-    """Train an image classifier: k-NN, linear SVM/softmax, MLP, CNN or a torchvision net."""
+    """Train an image classifier: k-NN, linear SVM/softmax, MLP, CNN or a torchvision net.
+
+    \b
+    Example:
+      cvtool train classify --data digits --model cnn -o runs/cnn
+    """
     from cvtool.train.config import ClassifyConfig
 
     _launch("cvtool.train.run:train_classify", lambda: ClassifyConfig(
@@ -254,10 +259,12 @@ def _detection_command(task: str, summary: str) -> Callable[..., None]:
 
 
 train_app.command("detect")(_detection_command(
-    "detect", "Train a box detector on COCO data, scored by pycocotools each epoch."))
+    "detect", "Train a box detector on COCO data, scored by pycocotools each epoch.\n\n"
+    "\b\nExample:\n  cvtool data shapes shapes/ && cvtool train detect --data shapes/ -o runs/det"))
 train_app.command("segment-instance")(_detection_command(
     "segment-instance",
-    "Train a Mask R-CNN on COCO data with masks, scored by pycocotools each epoch."))
+    "Train a Mask R-CNN on COCO data with masks, scored by pycocotools each epoch.\n\n"
+    "\b\nExample:\n  cvtool train segment-instance --data shapes/ -o runs/maskrcnn"))
 
 
 SemanticData = Annotated[Optional[str], typer.Option(
@@ -296,7 +303,12 @@ def segment_semantic(
     sync_bn: SyncBn = False, nproc_per_node: NProcPerNode = 1, quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train a semantic segmenter on image/mask folders, scored by mIoU each epoch."""
+    """Train a semantic segmenter on image/mask folders, scored by mIoU each epoch.
+
+    \b
+    Example:
+      cvtool train segment-semantic --data shapes/ --model smp:unet -o runs/unet
+    """
     from cvtool.train.config import SemanticConfig
 
     _launch("cvtool.train.semantic_run:train_semantic", lambda: SemanticConfig(
@@ -346,7 +358,12 @@ def generate(
     fid_samples: FidSamples = 500, threads: Threads = None,
     nproc_per_node: NProcPerNode = 1, quiet: Quiet = False, debug: Debug = False,
 ) -> None:
-    """Train a PixelCNN, VAE or GAN; samples, NLL / ELBO and (digits) FID each epoch."""
+    """Train a PixelCNN, VAE or GAN; samples, NLL / ELBO and (digits) FID each epoch.
+
+    \b
+    Example:
+      cvtool train generate --data digits --model vae -o runs/vae
+    """
     from cvtool.train.config import GenerateConfig
 
     _launch("cvtool.train.generate_run:train_generate", lambda: GenerateConfig(
