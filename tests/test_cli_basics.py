@@ -51,6 +51,8 @@ def test_unknown_command_and_option_are_usage_errors():
     assert cvtool("frobnicate").code == 2
     bad = cvtool("classify", "x.jpg", "--no-such-option")
     assert bad.code == 2 and "no-such-option" in bad.stderr.lower()
+    # One line, as cvtool's own usage errors are, pointing at the command's help.
+    assert bad.stderr.strip().count("\n") == 0 and "`cvtool classify --help`" in bad.stderr
 
 
 def test_models_lists_every_torchvision_classifier(tmp_path, monkeypatch):

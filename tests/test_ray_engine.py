@@ -136,7 +136,7 @@ def test_ray_options_go_with_the_ray_engine() -> None:
     result = cvtool("classify", *DIGITS[:1], "-m", "digits-cnn", "--actors", "2")
     assert result.code == 2 and "--actors goes with --engine ray" in result.stderr
     result = cvtool("classify", *DIGITS[:1], "-m", "digits-cnn", "--engine", "spark")
-    assert result.code == 2 and "local, ray" in result.stderr
+    assert result.code == 2 and "'local', 'ray'" in result.stderr
 
 
 def test_without_ray_the_ray_engine_is_exit_3_naming_the_install() -> None:

@@ -61,7 +61,7 @@ def run_cli(app: typer.Typer, argv: list[str] | None = None,
     except typer.Exit as done:
         return done.exit_code
     except ClickUsageProblem as exc:  # click's usage errors: bad option, missing value
-        exc.show(file=env.stderr)
+        _report(env, usage_line(exc))
         return ExitStatus.USAGE
     except (typer.Abort, KeyboardInterrupt):
         _report(env, "interrupted")
@@ -115,6 +115,16 @@ def _warnings_as_lines(env: Environment) -> Iterator[None]:
         warnings.filterwarnings("ignore", message=r"Image size \(\d+ pixels\) exceeds limit")
         warnings.showwarning = show
         yield
+
+
+def usage_line(exc: BaseException) -> str:
+    """A command-line parsing error as one line, as cvtool's own usage errors are, naming the
+    command's --help (click prints four lines: usage, a hint, a blank, the error)."""
+    message = one_line(Exception(exc.format_message()))  # type: ignore[attr-defined]
+    message = message.replace("Value error, ", "").rstrip(".")  # the validator's prefix
+    context = getattr(exc, "ctx", None)
+    where = f"; see `{context.command_path} --help`" if context is not None else ""
+    return f"error: {message}{where}"
 
 
 def _report(env: Environment, message: str) -> None:
