@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -61,3 +62,13 @@ def print_ratios(title: str, runs: dict[str, list], images: int, base: str) -> N
     for name in runs:
         print(f"{name:<18}{images / wall[name]:>16.2f}{images / loop[name]:>14.2f}"
               f"{wall[base] / wall[name]:>8.2f}{loop[base] / loop[name]:>14.2f}")
+
+
+def scene_arguments(parser: Any, model: str, batch_size: int, output_help: str) -> None:
+    """The options of the benches that run a house model over fresh shapes scenes."""
+    parser.add_argument("--output", action="store_true", help=output_help)
+    parser.add_argument("--model", default=model)
+    parser.add_argument("--images", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch CPU threads for both")

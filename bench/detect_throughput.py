@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import print_ratios
+from common import print_ratios, scene_arguments
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,13 +98,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", choices=("segment-instance", "detect"),
                         default="segment-instance")
-    parser.add_argument("--output", action="store_true",
-                        help="both draw and save every image (cvtool: -o DIR)")
-    parser.add_argument("--model", default="shapes-maskrcnn")
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads for both")
+    scene_arguments(parser, "shapes-maskrcnn", 8, "both draw and save every image (cvtool: -o DIR)")
     args = parser.parse_args()
     checkpoint = checkpoint_of(args.model)
     with tempfile.TemporaryDirectory() as tmp:

@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import print_ratios
+from common import print_ratios, scene_arguments
 from detect_throughput import checkpoint_of, make_images, timed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,13 +56,7 @@ def run_cvtool(args, images: Path, classes: int) -> tuple[float, float, list, in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output", action="store_true",
-                        help="both save every mask and overlay (cvtool: -o DIR)")
-    parser.add_argument("--model", default="shapes-unet")
-    parser.add_argument("--images", type=int, default=200)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, help="torch CPU threads for both")
+    scene_arguments(parser, "shapes-unet", 4, "both save every mask and overlay (cvtool: -o DIR)")
     args = parser.parse_args()
     checkpoint = checkpoint_of(args.model)
     classes = len(json.loads(checkpoint.with_suffix(".json").read_text())["classes"])
