@@ -75,12 +75,12 @@ class Predictor:
                 self.options = options = dataclasses.replace(
                     options, precision=self.settings["precision"])
             self.loop, self.loaded = self._build()
-            runtimes = 0
+            runtime = False
             for loaded in _as_list(self.loaded):  # an export's runtime compiles for these
                 if prepare := getattr(loaded.module, "prepare_runtime", None):
                     prepare(self.device, options.precision, self.warn)
-                    runtimes += 1
-            self._split_threads(runtimes > 0)
+                    runtime = True
+            self._split_threads(runtime)
         except BaseException:
             self.resources.close()
             raise
