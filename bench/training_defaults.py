@@ -1,0 +1,95 @@
+"""Sweep the course models' training settings on digits across split seeds (issue 19's first
+step: defaults chosen from measurements, not from one split).
+
+Each setting trains `cvtool train classify --data digits --model M ...` in this process (the
+real CLI, `run_cli`) once per split seed (`--seed` seeds the stratified 80/20 split, the init
+and the shuffling alike) and reports the mean, the worst and the spread of val accuracy, beside
+scikit-learn's LogisticRegression / LinearSVC on the same splits for the linear models. The
+first row of each model is cvtool's current defaults.
+Usage, from the repository root:
+    PYTHONPATH=. python bench/training_defaults.py [--models linear-ce,linear-svm,mlp,cnn]
+                                                    [--seeds 0,1,2,3,4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from common import machine_line
+from digits_vs_sklearn import arrays
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
+
+from cvtool.cli.app import run_cli
+from cvtool.core.context import Environment
+from cvtool.data.classification import load_classification_data
+
+# Per model: the options every row shares, then the settings compared (defaults first).
+GRIDS: dict[str, tuple[list[str], list[list[str]]]] = {
+    "linear-ce": (["--model", "linear", "--loss", "ce"], [
+        [], ["--epochs", "30"], ["--epochs", "30", "--lr", "0.01"],
+        ["--epochs", "50", "--lr", "0.01", "--schedule", "cosine"],
+        ["--epochs", "50", "--lr", "0.01", "--schedule", "cosine", "--reg", "l2",
+         "--reg-strength", "0.0005"]]),
+    "linear-svm": (["--model", "linear", "--loss", "svm"], [
+        [], ["--epochs", "30", "--lr", "0.01"],
+        ["--epochs", "50", "--lr", "0.01", "--schedule", "cosine"]]),
+    "mlp": (["--model", "mlp"], [
+        [], ["--epochs", "30"], ["--epochs", "30", "--schedule", "cosine"],
+        ["--epochs", "50", "--schedule", "cosine", "--dropout", "0.1"]]),
+    "cnn": (["--model", "cnn"], [
+        [], ["--epochs", "30", "--schedule", "cosine"],
+        ["--epochs", "30", "--schedule", "cosine", "--batch-norm"]]),
+}
+SKLEARN = {"linear-ce": ("LogisticRegression", lambda: LogisticRegression(max_iter=1000)),
+           "linear-svm": ("LinearSVC", LinearSVC)}
+
+
+def cvtool_accuracy(options: list[str], seed: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        env = Environment(stdout=io.StringIO(), stderr=io.StringIO())
+        code = run_cli(["train", "classify", "--data", "digits", *options, "--seed", str(seed),
+                        "--device", "cpu", "-q", "-o", str(Path(tmp) / "run")], env)
+        if code != 0:
+            raise SystemExit(f"cvtool {' '.join(options)} failed: {env.stderr.getvalue()}")
+        return float(json.loads(env.stdout.getvalue())["val_accuracy"])
+
+
+def sklearn_accuracy(model: str, seed: int) -> float:
+    data = load_classification_data("digits", seed=seed)
+    (train_x, train_y), (val_x, val_y) = arrays(data)  # the inputs cvtool's side sees
+    return float(SKLEARN[model][1]().fit(train_x, train_y).score(val_x, val_y))
+
+
+def row(label: str, scores: list[float]) -> str:
+    return (f"  {label:<62} mean {statistics.mean(scores):.4f}  worst {min(scores):.4f}  "
+            f"spread {max(scores) - min(scores):.4f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default=",".join(GRIDS))
+    parser.add_argument("--seeds", default="0,1,2,3,4")
+    args = parser.parse_args()
+    seeds = [int(seed) for seed in args.seeds.split(",")]
+    print(f"digits, split seeds {seeds}; {machine_line()}")
+    for model in args.models.split(","):
+        shared, settings = GRIDS[model]
+        print(model)
+        for setting in settings:
+            scores = [cvtool_accuracy([*shared, *setting], seed) for seed in seeds]
+            label = " ".join(setting) or "(defaults)"
+            print(row(label, scores), flush=True)
+        if model in SKLEARN:
+            print(row(f"scikit-learn {SKLEARN[model][0]}",
+                      [sklearn_accuracy(model, seed) for seed in seeds]), flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
