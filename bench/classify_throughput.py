@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import machine_line
+from common import alternated, machine_line, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "sample_images" / "photos"
@@ -50,14 +47,6 @@ def make_weights(arch: str, path: Path) -> None:
 
     torch.manual_seed(0)
     torch.save(get_model(arch).state_dict(), path)
-
-
-def timed(command: list[str], threads: int | None) -> tuple[float, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    return time.perf_counter() - started, done.stdout, done.stderr
 
 
 def run_plain(args, images: Path, weights: Path) -> tuple[float, float, list[int]]:
@@ -105,10 +94,7 @@ def report(args, images: Path, weights: Path) -> None:
     for precision in args.precisions.split(","):
         runners[f"cvtool {precision}"] = (
             lambda p=precision: run_cvtool(args, images, weights, p))
-    runs: dict[str, list] = {name: [] for name in runners}
-    for _ in range(args.repeats):
-        for name, runner in runners.items():
-            runs[name].append(runner())
+    runs = alternated(runners, args.repeats)
     wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
     loop = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
     base, base_top1 = "plain torchvision", runs["plain torchvision"][0][2]

@@ -48,6 +48,25 @@ def cvtool_seconds(*args: str, stdout: int | None = subprocess.DEVNULL) -> float
     return time.perf_counter() - started
 
 
+def timed(command: list[str], threads: int | None) -> tuple[float, str, str]:
+    """(wall seconds, stdout, stderr) of one process; `threads` sets OMP_NUM_THREADS."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    return time.perf_counter() - started, done.stdout, done.stderr
+
+
+def alternated(runners: dict[str, Any], repeats: int) -> dict[str, list]:
+    """Each runner's results over `repeats` rounds, run in turn within each round so drift
+    on a shared machine hits all of them alike."""
+    runs: dict[str, list] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, runner in runners.items():
+            runs[name].append(runner())
+    return runs
+
+
 def print_ratios(title: str, runs: dict[str, list], images: int, base: str) -> None:
     """The table every throughput bench prints: images/s for the whole process and the loop
     alone, and each as a ratio to `base`. `runs[name]`: one (wall s, loop s, ...) per repeat;

@@ -16,15 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from common import print_ratios, scene_arguments
+from common import alternated, print_ratios, scene_arguments, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,14 +43,6 @@ def make_images(out: Path, count: int) -> None:
 
     for index in range(count):
         Image.fromarray(render(99, "val", index).pixels).save(out / f"{index:06d}.png")
-
-
-def timed(command: list[str], threads: int | None) -> tuple[float, str, str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT),
-           **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
-    started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
-    return time.perf_counter() - started, done.stdout, done.stderr
 
 
 def run_plain(args, images: Path, checkpoint: Path) -> tuple[float, float, list]:
@@ -104,10 +93,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp)
         make_images(images, args.images)
-        runs: dict[str, list] = {"plain torchvision": [], "cvtool": []}
-        for _ in range(args.repeats):  # alternated, so drift hits both alike
-            runs["plain torchvision"].append(run_plain(args, images, checkpoint))
-            runs["cvtool"].append(run_cvtool(args, images))
+        runs = alternated({"plain torchvision": lambda: run_plain(args, images, checkpoint),
+                           "cvtool": lambda: run_cvtool(args, images)}, args.repeats)
     n, base = args.images, "plain torchvision"
     agree = sum(same(a, b) for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
     drawn = {name: rs[0][3] for name, rs in runs.items()}

@@ -19,8 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import print_ratios, scene_arguments
-from detect_throughput import checkpoint_of, make_images, timed
+from common import alternated, print_ratios, scene_arguments, timed
+from detect_throughput import checkpoint_of, make_images
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,10 +63,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         images = Path(tmp)
         make_images(images, args.images)
-        runs: dict[str, list] = {"plain smp": [], "cvtool": []}
-        for _ in range(args.repeats):  # alternated, so drift hits both alike
-            runs["plain smp"].append(run_plain(args, images, checkpoint))
-            runs["cvtool"].append(run_cvtool(args, images, classes))
+        runs = alternated({"plain smp": lambda: run_plain(args, images, checkpoint),
+                           "cvtool": lambda: run_cvtool(args, images, classes)}, args.repeats)
     n, base = args.images, "plain smp"
     agree = sum(a == b for a, b in zip(runs["cvtool"][0][2], runs[base][0][2])) / n
     print_ratios(f"segment-semantic {args.model}, {n} images 128x128, batch {args.batch_size}, "
