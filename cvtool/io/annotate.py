@@ -173,16 +173,23 @@ def _blend_masks(canvas: Image.Image, detections: list[dict[str, Any]]) -> Image
 
 
 def outline(inside: np.ndarray, width: int = 1) -> np.ndarray:
-    """The pixels of `inside` within `width` of its border (a pixel outside it, or the image's
-    edge)."""
+    """The pixels of the boolean plane `inside` within `width` of its border (a pixel outside
+    it, or the image's edge)."""
+    return class_boundaries(inside.astype(np.uint8), width)
+
+
+def class_boundaries(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Pixels of a class other than 0 within `width` of a pixel of another class (or of the
+    image's edge): every region's outline, each in its own class."""
     from PIL import ImageFilter
 
-    plane = Image.fromarray(inside.astype(np.uint8) * 255)
-    eroded = np.asarray(plane.filter(ImageFilter.MinFilter(2 * width + 1))) > 0
-    edge = inside & ~eroded
-    edge[:width], edge[-width:], edge[:, :width], edge[:, -width:] = (
-        inside[:width], inside[-width:], inside[:, :width], inside[:, -width:])
-    return edge
+    plane = Image.fromarray(mask.astype(np.uint8))
+    size = 2 * width + 1
+    low = np.asarray(plane.filter(ImageFilter.MinFilter(size)))
+    high = np.asarray(plane.filter(ImageFilter.MaxFilter(size)))
+    edge = (low != mask) | (high != mask)
+    edge[:width], edge[-width:], edge[:, :width], edge[:, -width:] = True, True, True, True
+    return edge & (mask != 0)
 
 
 def crop(image: Image.Image, box: list[float]) -> Image.Image:

@@ -24,7 +24,17 @@ from PIL import Image
 from cvtool.core.files import open_regular
 from cvtool.core.results import InputError, InputFailure, one_line
 from cvtool.core.status import UsageError
-from cvtool.io.annotate import encoded, image_name, mirrored, refuse_overwriting_input
+from cvtool.io.annotate import (
+    class_boundaries,
+    encoded,
+    image_name,
+    label_padding,
+    line_width,
+    mirrored,
+    refuse_overwriting_input,
+    text_mask,
+    text_size,
+)
 from cvtool.io.matching import TailIndex
 from cvtool.io.palette import COLOURS
 from cvtool.io.writers import BackgroundWrites, write_artifact
@@ -50,8 +60,6 @@ def overlay(image: Image.Image, mask: np.ndarray, labels: dict[int, str] | None 
     """`image` with each region of class c > 0 filled with c's colour (`alpha`) inside a
     solid outline of it, class 0 left as it is; with `labels` (index -> name of the classes
     to name), a legend band below the image. Pillow's blend and composite for the fill."""
-    from cvtool.io.annotate import line_width
-
     base = image.convert("RGB")
     indices = Image.fromarray(mask.astype(np.uint8))
     tint = indices.copy()
@@ -67,26 +75,10 @@ def overlay(image: Image.Image, mask: np.ndarray, labels: dict[int, str] | None 
     return drawn
 
 
-def class_boundaries(mask: np.ndarray, width: int = 1) -> np.ndarray:
-    """Pixels of a class other than 0 within `width` of a pixel of another class (or of the
-    image's edge): every region's outline, each in its own class."""
-    from PIL import ImageFilter
-
-    plane = Image.fromarray(mask.astype(np.uint8))
-    size = 2 * width + 1
-    low = np.asarray(plane.filter(ImageFilter.MinFilter(size)))
-    high = np.asarray(plane.filter(ImageFilter.MaxFilter(size)))
-    edge = (low != mask) | (high != mask)
-    edge[:width], edge[-width:], edge[:, :width], edge[:, -width:] = True, True, True, True
-    return edge & (mask != 0)
-
-
 def with_legend(image: Image.Image, entries: list[tuple[int, str]]) -> Image.Image:
     """`image` over a band that names each (class index, label): a swatch of the class's
     colour and its name, left to right, wrapping to as many rows as the width needs."""
     from PIL import ImageDraw
-
-    from cvtool.io.annotate import label_padding, text_mask, text_size
 
     if not entries:
         return image
