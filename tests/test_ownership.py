@@ -97,3 +97,32 @@ def test_a_file_in_the_way_is_exit_2(tmp_path: Path) -> None:
     (tmp_path / "out").write_text("x")
     result = cvtool("classify", DIGIT, "-m", "digits-cnn", "-o", tmp_path / "out")
     assert result.code == 2 and "not a directory" in result.stderr
+
+
+_OWNER_WITH_CHILD = """
+import os, sys, time
+from cvtool.core.ownership import claim_directory
+claim = claim_directory(sys.argv[1], "run directory")
+if os.fork() == 0:          # a DataLoader worker: lives on after its parent is killed
+    time.sleep(60)
+    os._exit(0)
+print("claimed", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_forked_child_does_not_keep_a_killed_owners_lock(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER_WITH_CHILD, str(run)], cwd=ROOT,
+                             env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             stdout=subprocess.PIPE, start_new_session=True)
+    try:
+        assert owner.stdout.readline() == b"claimed\n"
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+        # The child still runs; the directory is free at once all the same.
+        with claim_directory(run, "run directory") as claim:
+            assert (run / LOCK_NAME).read_text().startswith(f"pid {os.getpid()} ")
+        assert claim.fd == -1
+    finally:
+        os.killpg(owner.pid, signal.SIGKILL)

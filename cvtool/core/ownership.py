@@ -2,7 +2,9 @@
 
 The owner holds an exclusive `flock` on `DIR/.cvtool.lock`, which also names it (pid, host,
 command, start time). The kernel drops the lock when the owner exits in any way, kill -9
-included, so a lock file left behind by a dead owner is stale and simply taken over. A second
+included, so a lock file left behind by a dead owner is stale and simply taken over. A forked
+child (a DataLoader worker) closes its copy of the descriptor at once: a flock belongs to the
+open file, so a worker outliving a killed owner would otherwise keep the directory locked. A second
 process is refused at once (exit 2) with the owner's line. On release, the lock file goes, and
 so does the directory itself when this process created it and left nothing else in it (a run
 that failed with a usage error leaves no empty directory behind). No torch here.
@@ -21,6 +23,7 @@ from cvtool.core.status import UsageError
 
 LOCK_NAME = ".cvtool.lock"
 _ATTEMPTS = 5  # a lock file replaced between open and flock is retried
+_HELD: set[DirectoryClaim] = set()  # this process's claims, closed in forked children
 
 
 class DirectoryClaim:
@@ -28,8 +31,10 @@ class DirectoryClaim:
 
     def __init__(self, path: Path, fd: int, created: bool) -> None:
         self.path, self.fd, self.created = path, fd, created
+        _HELD.add(self)
 
     def release(self) -> None:
+        _HELD.discard(self)
         if self.fd < 0:
             return
         # Unlink while still holding the lock: a process that opened the old file finds it
@@ -48,6 +53,21 @@ class DirectoryClaim:
 
     def __exit__(self, *_: object) -> None:
         self.release()
+
+
+def _forget_in_child() -> None:
+    """After a fork, in the child: drop the inherited descriptors without unlocking (an unlock
+    would free the parent's lock too) and without the parent's claims' clean-up."""
+    for claim in list(_HELD):
+        try:
+            os.close(claim.fd)
+        except OSError:
+            pass
+        claim.fd = -1
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
 
 
 def claim_directory(path: Path, what: str) -> DirectoryClaim:
