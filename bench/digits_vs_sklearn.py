@@ -3,7 +3,7 @@
 Both sides get `load_classification_data("digits")`: the seeded stratified 80/20 split, inputs
 flattened after cvtool's normalisation. k-NN: each side picks k and distance by 5-fold stratified
 CV on train alone (the same StratifiedKFold), then is scored once on val. Linear SVM and softmax:
-`cvtool train classify --model linear --loss svm|ce` (its documented settings) beside LinearSVC
+`cvtool train classify --model linear --loss svm|ce` (its defaults) beside LinearSVC
 and LogisticRegression with their defaults; no CV on either side. PAIRS is the list to extend:
 (name, cvtool side, scikit-learn side), each side a function (data, seed) -> Outcome.
 Usage, from the repository root: PYTHONPATH=. python bench/digits_vs_sklearn.py [SEED]
@@ -70,7 +70,7 @@ def sklearn_knn(data: ClassificationData, seed: int) -> Outcome:
                    float(search.best_score_), val_accuracy, seconds)
 
 
-LINEAR_ARGS = ["--model", "linear", "--epochs", "30", "--lr", "0.01", "--device", "cpu", "-q"]
+LINEAR_ARGS = ["--model", "linear", "--device", "cpu", "-q"]  # the defaults
 
 
 def cvtool_linear(loss: str) -> Side:
@@ -83,7 +83,7 @@ def cvtool_linear(loss: str) -> Side:
             seconds = time.perf_counter() - started
             assert code == 0, env.stderr.getvalue()
             summary = json.loads(env.stdout.getvalue())
-        return Outcome(f"{loss}, 30 ep", None, summary["val_accuracy"], seconds)
+        return Outcome(f"{loss}, defaults", None, summary["val_accuracy"], seconds)
     return side
 
 

@@ -30,22 +30,25 @@ from cvtool.cli.app import run_cli
 from cvtool.core.context import Environment
 from cvtool.data.classification import load_classification_data
 
-# Per model: the options every row shares, then the settings compared (defaults first).
+# Per model: the options every row shares, then the settings compared: today's defaults (the
+# recipes in cvtool.train.config.RECIPES) first, then the defaults before the sweep, spelt out.
+OLD = ["--epochs", "10", "--schedule", "constant", "--lr", "0.001"]
 GRIDS: dict[str, tuple[list[str], list[list[str]]]] = {
     "linear-ce": (["--model", "linear", "--loss", "ce"], [
-        [], ["--epochs", "30"], ["--epochs", "30", "--lr", "0.01"],
-        ["--epochs", "50", "--lr", "0.01", "--schedule", "cosine"],
-        ["--epochs", "50", "--lr", "0.01", "--schedule", "cosine", "--reg", "l2",
-         "--reg-strength", "0.0005"]]),
+        [], [*OLD, "--reg", "none"], ["--epochs", "30", "--reg", "none"],
+        ["--epochs", "50", "--reg", "none"],
+        ["--epochs", "50", "--reg-strength", "0.001"],
+        ["--epochs", "100", "--reg", "none"],
+        ["--epochs", "100", "--reg-strength", "0.0003"],
+        ["--epochs", "100", "--reg-strength", "0.001"],
+        ["--epochs", "100", "--lr", "0.03", "--reg", "none"]]),
     "linear-svm": (["--model", "linear", "--loss", "svm"], [
-        [], ["--epochs", "30", "--lr", "0.01"],
-        ["--epochs", "50", "--lr", "0.01", "--schedule", "cosine"]]),
+        [], [*OLD, "--reg", "none"], ["--epochs", "50", "--reg", "none"]]),
     "mlp": (["--model", "mlp"], [
-        [], ["--epochs", "30"], ["--epochs", "30", "--schedule", "cosine"],
-        ["--epochs", "50", "--schedule", "cosine", "--dropout", "0.1"]]),
+        [], [*OLD, "--dropout", "0"], ["--epochs", "30", "--dropout", "0"],
+        ["--epochs", "50", "--dropout", "0"]]),
     "cnn": (["--model", "cnn"], [
-        [], ["--epochs", "30", "--schedule", "cosine"],
-        ["--epochs", "30", "--schedule", "cosine", "--batch-norm"]]),
+        [], [*OLD, "--no-batch-norm"], ["--epochs", "30", "--no-batch-norm"]]),
 }
 SKLEARN = {"linear-ce": ("LogisticRegression", lambda: LogisticRegression(max_iter=1000)),
            "linear-svm": ("LinearSVC", LinearSVC)}
@@ -67,9 +70,14 @@ def sklearn_accuracy(model: str, seed: int) -> float:
     return float(SKLEARN[model][1]().fit(train_x, train_y).score(val_x, val_y))
 
 
-def row(label: str, scores: list[float]) -> str:
-    return (f"  {label:<62} mean {statistics.mean(scores):.4f}  worst {min(scores):.4f}  "
+def row(label: str, scores: list[float], reference: list[float] | None = None) -> str:
+    line = (f"  {label:<62} mean {statistics.mean(scores):.4f}  worst {min(scores):.4f}  "
             f"spread {max(scores) - min(scores):.4f}")
+    if reference:  # per split against scikit-learn: the goal is >= on every one
+        margins = [ours - theirs for ours, theirs in zip(scores, reference)]
+        line += (f"  vs scikit-learn: worst {min(margins):+.4f}, below on "
+                 f"{sum(margin < 0 for margin in margins)}/{len(margins)}")
+    return line
 
 
 def main() -> None:
@@ -82,13 +90,14 @@ def main() -> None:
     for model in args.models.split(","):
         shared, settings = GRIDS[model]
         print(model)
+        reference = None
+        if model in SKLEARN:
+            reference = [sklearn_accuracy(model, seed) for seed in seeds]
+            print(row(f"scikit-learn {SKLEARN[model][0]}", reference), flush=True)
         for setting in settings:
             scores = [cvtool_accuracy([*shared, *setting], seed) for seed in seeds]
             label = " ".join(setting) or "(defaults)"
-            print(row(label, scores), flush=True)
-        if model in SKLEARN:
-            print(row(f"scikit-learn {SKLEARN[model][0]}",
-                      [sklearn_accuracy(model, seed) for seed in seeds]), flush=True)
+            print(row(label, scores, reference), flush=True)
 
 
 if __name__ == "__main__":

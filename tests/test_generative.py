@@ -61,26 +61,95 @@ def real_digits() -> torch.Tensor:
     return fid.digits_tensor(part="train")[:, :1]  # grey: one channel of the RGB digits
 
 
-def test_masks_never_see_the_current_or_later_subpixels():
-    """d logit(c, i, j) / d input is zero at every subpixel from (c, i, j) on in raster and
-    R, G, B order, through a whole multi-layer colour PixelCNN."""
+def test_a_one_gaussian_mixture_prior_is_the_standard_normal():
+    """With one component at N(0, I), the mixture's density, its KL estimate and its draws are
+    the fixed prior's; a learnt mixture's draws come from its components."""
     torch.manual_seed(0)
-    model = pixelcnn.pixelcnn(channels=3, levels=4, image_size=5, width=12, layers=2).eval()
-    inputs = torch.randn(8, 3, 5, 5, requires_grad=True)  # 8 images: some ReLUs are open
+    fixed = vae.vae(channels=1, image_size=8, levels=17, latent_dim=4, width=4)
+    mixture = vae.vae(channels=1, image_size=8, levels=17, latent_dim=4, width=4,
+                      prior_components=1)
+    mixture.load_state_dict({**fixed.state_dict(), "prior.means": torch.zeros(1, 4),
+                             "prior.log_vars": torch.zeros(1, 4), "prior.logits": torch.zeros(1)})
+    latents = torch.randn(50, 4)
+    assert torch.allclose(mixture.prior_log_prob(latents), fixed.prior_log_prob(latents))
+    images = torch.rand(6, 1, 8, 8)
+    with torch.no_grad():
+        _, _, exact = vae.elbo(fixed, images)
+        _, _, estimated = vae.elbo(mixture, images, samples=4000,
+                                   generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(estimated, exact, atol=0.15)
+    # Two far-apart components, one weighted 3:1: the draws land around each in that ratio.
+    two = vae.MixturePrior(2, 4)
+    with torch.no_grad():
+        two.means.copy_(torch.tensor([[10.0] * 4, [-10.0] * 4]))
+        two.log_vars.fill_(-4)
+        two.logits.copy_(torch.tensor([3.0, 1.0]).log())
+    draws = two.draw(4000, torch.Generator().manual_seed(0))
+    assert torch.equal(draws, two.draw(4000, torch.Generator().manual_seed(0)))
+    assert abs((draws[:, 0] > 0).float().mean() - 0.75) < 0.03
+    assert (draws.abs() - 10).abs().max() < 1.0
+
+
+def test_vae_samples_are_the_decoders_most_likely_images():
+    torch.manual_seed(0)
+    model = TINY["vae"]().eval()
+    latents = torch.randn(5, 4)
+    with torch.no_grad():
+        images = vae.decode(model, latents)
+        modal = model.logits(latents).argmax(2)
+    assert torch.equal(images, modal.float() / 16)
+
+
+def _sight(model: pixelcnn.PixelCNN, size: int) -> dict[tuple[int, int, int], torch.Tensor]:
+    """Per output subpixel (channel, row, column): where d logit / d input is non-zero,
+    (C, H, W) booleans, through the whole network."""
+    inputs = torch.randn(8, model.channels, size, size, requires_grad=True)  # some ReLUs open
     logits = model.network(inputs)
-    for row in range(5):
-        for column in range(5):
-            for channel in range(3):
+    seen = {}
+    for row in range(size):
+        for column in range(size):
+            for channel in range(model.channels):
                 (grad,) = torch.autograd.grad(logits[:, channel, :, row, column].sum(), inputs,
                                               retain_graph=True)
-                grad = grad.abs().sum(0)
-                order = [(r, c, k) for r in range(5) for c in range(5) for k in range(3)]
-                here = order.index((row, column, channel))
-                for r, c, k in order[here:]:
-                    assert grad[k, r, c] == 0, ((channel, row, column), (k, r, c))
-                # ... while it does see this pixel's earlier colours and its left neighbour.
-                assert (grad[:channel, row, column] != 0).all()
-                assert column == 0 or (grad[:, row, column - 1] != 0).all()
+                seen[channel, row, column] = grad.abs().sum(0) != 0
+    return seen
+
+
+def _raster(size: int, channels: int) -> list[tuple[int, int, int]]:
+    return [(k, r, c) for r in range(size) for c in range(size) for k in range(channels)]
+
+
+@pytest.mark.parametrize("gated", [False, True])
+def test_masks_never_see_the_current_or_later_subpixels(gated):
+    """d logit(c, i, j) / d input is zero at every subpixel from (c, i, j) on in raster and
+    R, G, B order, through a whole multi-layer colour PixelCNN of either layout."""
+    torch.manual_seed(0)
+    model = pixelcnn.pixelcnn(channels=3, levels=4, image_size=5, width=12, layers=2,
+                              gated=gated).eval()
+    order = _raster(5, 3)
+    for (channel, row, column), seen in _sight(model, 5).items():
+        here = order.index((channel, row, column))
+        for k, r, c in order[here:]:
+            assert not seen[k, r, c], ((channel, row, column), (k, r, c))
+        # ... while it does see this pixel's earlier colours and its left neighbour.
+        assert seen[:channel, row, column].all()
+        assert column == 0 or seen[:, row, column - 1].all()
+
+
+def test_the_gated_layout_has_no_blind_spot():
+    """Every earlier subpixel reaches every output of the gated PixelCNN (its receptive field
+    covers 6x6), while the residual layout misses pixels up and to the right."""
+    torch.manual_seed(0)
+    order = _raster(6, 3)
+    unseen = {}
+    for gated in (True, False):
+        model = pixelcnn.pixelcnn(channels=3, levels=4, image_size=6, width=12, layers=4,
+                                  kernel_size=5, gated=gated).eval()
+        unseen[gated] = [(here, earlier) for here, seen in _sight(model, 6).items()
+                         for earlier in order[:order.index(here)] if not seen[earlier]]
+    assert unseen[True] == []
+    # e.g. the pixel at (row 1, column 0) never sees (row 0, column 5): the blind spot.
+    assert ((0, 1, 0), (0, 0, 5)) in unseen[False]
 
 
 def test_mask_types_a_and_b_at_the_centre():
@@ -100,9 +169,11 @@ def test_pixelcnn_nll_and_bits_per_dim():
     assert torch.allclose(losses["loss"], nll.mean() / 64)
 
 
-def test_elbo_is_below_the_importance_sampled_log_likelihood(real_digits):
+@pytest.mark.parametrize("components", [0, 10])
+def test_elbo_is_below_the_importance_sampled_log_likelihood(real_digits, components):
     torch.manual_seed(0)
-    model = vae.vae(channels=1, image_size=8, levels=17, latent_dim=8, width=16)
+    model = vae.vae(channels=1, image_size=8, levels=17, latent_dim=8, width=16,
+                    prior_components=components)
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(40):
         batch = real_digits[step * 32 % 1024:][:32]
@@ -118,7 +189,8 @@ def test_elbo_is_below_the_importance_sampled_log_likelihood(real_digits):
         bound, reconstruction, kl = vae.elbo(model, batch, samples=16, generator=generator)
         log_likelihood = vae.importance_log_likelihood(model, batch, samples=256,
                                                        generator=generator)
-    assert torch.allclose(bound, reconstruction - kl) and (kl >= 0).all()
+    assert torch.allclose(bound, reconstruction - kl)
+    assert (kl >= 0).all() if components == 0 else kl.mean() > 0  # a mixture's: estimated
     assert bound.mean() < log_likelihood.mean() < 0
     assert (bound < log_likelihood).float().mean() > 0.9  # image by image, up to MC noise
 

@@ -38,21 +38,32 @@ Width = Annotated[int, typer.Option(
 Activation = Annotated[Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu"], typer.Option()]
 Init = Annotated[Literal["auto", "small", "large", "xavier", "kaiming"], typer.Option(
     help="auto: small for linear, else kaiming.")]
-BatchNorm = Annotated[bool, typer.Option(
-    "--batch-norm", help="Batch norm after each conv/hidden layer (folded for inference).")]
-Dropout = Annotated[float, typer.Option(help="Dropout probability P.")]
+RECIPE = "the model's recipe: linear {}, mlp {}, cnn {}, others {}"
+BatchNorm = Annotated[Optional[bool], typer.Option(
+    "--batch-norm/--no-batch-norm", show_default=False,
+    help="Batch norm after each conv/hidden layer (folded for inference) [default: "
+    + RECIPE.format("no", "no", "yes", "no") + "].")]
+Dropout = Annotated[Optional[float], typer.Option(
+    show_default=False, help="Dropout probability P [default: "
+    + RECIPE.format(0, 0.1, 0, 0) + "].")]
 Weights = Annotated[str, typer.Option(
     help="torchvision models: none (from scratch) | default (fine-tune) | PATH.")]
 Optimizer = Annotated[Literal["sgd", "momentum", "adagrad", "rmsprop", "adam"], typer.Option()]
 Lr = Annotated[Optional[float], typer.Option(
-    help="Learning rate [default: sgd 0.05, momentum/adagrad 0.01, rmsprop/adam 0.001].",
-    show_default=False)]
-Reg = Annotated[Literal["none", "l1", "l2"], typer.Option(help="On conv and linear weights.")]
-RegStrength = Annotated[float, typer.Option(help="lambda of --reg.")]
-Schedule = Annotated[Literal["constant", "step", "cosine"], typer.Option(help="Per epoch.")]
+    help="Learning rate [default: sgd 0.05, momentum/adagrad 0.01, rmsprop/adam 0.001; linear "
+    "with adam 0.01].", show_default=False)]
+Reg = Annotated[Optional[Literal["none", "l1", "l2"]], typer.Option(
+    show_default=False, help="On conv and linear weights [default: "
+    + RECIPE.format("l2", "none", "none", "none") + "].")]
+RegStrength = Annotated[Optional[float], typer.Option(
+    show_default=False, help="lambda of --reg [default: linear with l2 0.0005, else 0].")]
+Schedule = Annotated[Optional[Literal["constant", "step", "cosine"]], typer.Option(
+    show_default=False, help="Per epoch [default: " + RECIPE.format(
+        "cosine", "cosine", "cosine", "constant") + "].")]
 Epochs = Annotated[Optional[int], typer.Option(
-    min=1, show_default=False, help="Epochs [default: classify 10, detect and segment-instance "
-    "12, segment-semantic and generate 20]; with --resume, a larger count extends the run.")]
+    min=1, show_default=False, help="Epochs [default: classify linear 100, mlp 50, cnn 30, "
+    "others 10; detect and segment-instance 12; segment-semantic and generate 20]; with "
+    "--resume, a larger count extends the run.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", "-b", min=1)]
 Augment = Annotated[bool, typer.Option(
     help="Random resized crops and flips (image folders; not digits).")]
@@ -176,10 +187,10 @@ def _without_nproc(args: list[str]) -> list[str]:
 def classify(
     data: Data = None, model: Model = "cnn", output: Output = None, resume: Resume = None,
     force: Force = False, loss: Loss = "ce", depth: Depth = 2, width: Width = 32,
-    activation: Activation = "relu", init: Init = "auto", batch_norm: BatchNorm = False,
-    dropout: Dropout = 0.0, weights: Weights = "none", optimizer: Optimizer = "adam",
-    lr: Lr = None, reg: Reg = "none", reg_strength: RegStrength = 0.0,
-    schedule: Schedule = "constant", epochs: Epochs = None, batch_size: BatchSize = 64,
+    activation: Activation = "relu", init: Init = "auto", batch_norm: BatchNorm = None,
+    dropout: Dropout = None, weights: Weights = "none", optimizer: Optimizer = "adam",
+    lr: Lr = None, reg: Reg = None, reg_strength: RegStrength = None,
+    schedule: Schedule = None, epochs: Epochs = None, batch_size: BatchSize = 64,
     augment: Augment = False, val_split: ValSplit = 0.2, image_size: ImageSize = None,
     seed: Seed = 0, workers: TrainWorkers = 2, device: Device = "auto",
     precision: Precision = "fp32", compile: Compile = False, sanity: Sanity = False, k: K = "auto",
@@ -199,7 +210,7 @@ def classify(
         data=data, model=model, loss=loss, depth=depth, width=width, activation=activation,
         init=init, batch_norm=batch_norm, dropout=dropout, weights=weights,
         optimizer=optimizer, lr=lr, reg=reg, reg_strength=reg_strength, schedule=schedule,
-        epochs=epochs or 10, batch_size=batch_size, augment=augment, val_split=val_split,
+        epochs=epochs, batch_size=batch_size, augment=augment, val_split=val_split,
         image_size=image_size, seed=seed, workers=workers, precision=precision, compile=compile,
         sanity=sanity, k=k, distance=distance, folds=folds, sync_bn=sync_bn),
         data, output, resume, force, device, threads, quiet, debug, epochs, nproc_per_node)
@@ -335,8 +346,12 @@ GenerativeData = Annotated[Optional[str], typer.Option(
     show_default=False)]
 GenerativeModel = Annotated[Literal["pixelcnn", "vae", "gan"], typer.Option("--model", "-m")]
 GenerativeWidth = Annotated[int, typer.Option(help="Channels of the convolutions.")]
-Layers = Annotated[int, typer.Option(help="pixelcnn: residual blocks.")]
+Layers = Annotated[int, typer.Option(help="pixelcnn: gated layers after the first.")]
 LatentDim = Annotated[int, typer.Option(help="vae / gan: latent dimensions.")]
+PriorComponents = Annotated[int, typer.Option(
+    min=0, help="vae: Gaussians in the learnt mixture prior (0: a fixed N(0, I)).")]
+GenerativeDropout = Annotated[float, typer.Option(
+    help="pixelcnn: dropout probability P in each layer's residual branch.")]
 Levels = Annotated[Optional[int], typer.Option(
     help="pixelcnn / vae: intensity levels [default: digits 17, else 256].", show_default=False)]
 GenerativeLr = Annotated[Optional[float], typer.Option(
@@ -350,7 +365,8 @@ FidSamples = Annotated[int, typer.Option(
 def generate(
     data: GenerativeData = None, model: GenerativeModel = "pixelcnn", output: Output = None,
     resume: Resume = None, force: Force = False, width: GenerativeWidth = 64,
-    layers: Layers = 5, latent_dim: LatentDim = 16, levels: Levels = None,
+    layers: Layers = 5, latent_dim: LatentDim = 16, prior_components: PriorComponents = 100,
+    dropout: GenerativeDropout = 0.0, levels: Levels = None,
     optimizer: Optimizer = "adam", lr: GenerativeLr = None, weight_decay: WeightDecay = 0.0,
     schedule: DetectorSchedule = "cosine", warmup: GenerativeWarmup = 0, epochs: Epochs = None,
     batch_size: BatchSize = 64, image_size: ImageSize = None, val_split: ValSplit = 0.2,
@@ -368,7 +384,8 @@ def generate(
 
     _launch("cvtool.train.generate_run:train_generate", lambda: GenerateConfig(
         data=data, model=model, width=width, layers=layers, latent_dim=latent_dim,
-        levels=levels, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
+        prior_components=prior_components, dropout=dropout, levels=levels,
+        optimizer=optimizer, lr=lr, weight_decay=weight_decay,
         schedule=schedule, warmup=warmup, epochs=epochs or 20, batch_size=batch_size,
         image_size=image_size, val_split=val_split, seed=seed, precision=precision,
         fid_samples=fid_samples),

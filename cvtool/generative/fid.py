@@ -59,6 +59,18 @@ def digits_features(images: torch.Tensor, classifier: LoadedModel | None = None,
     return torch.cat(captured).numpy()
 
 
+@torch.no_grad()
+def digit_shares(images: torch.Tensor, classifier: LoadedModel | None = None) -> np.ndarray:
+    """The share of each digit 0-9 among float images in [0, 1], (N, 1 or 3, H, W), as the
+    classifier labels them (rounded to 8 bits first, as their PNG files would be)."""
+    loaded = classifier or load_classifier(CLASSIFIER)
+    as_saved = (images.detach().float().cpu().clamp(0, 1) * 255).round() / 255
+    rgb = as_saved.expand(-1, 3, -1, -1) if as_saved.shape[1] == 1 else as_saved
+    labels = torch.cat([loaded.module(loaded.transforms(chunk)).argmax(1)
+                        for chunk in rgb.split(512)])
+    return np.bincount(labels.numpy(), minlength=10) / max(1, len(labels))
+
+
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:
     """The Frechet distance between Gaussians fitted to two (N, F) feature sets."""
     mean_a, mean_b = features_a.mean(0), features_b.mean(0)

@@ -61,6 +61,10 @@ class GAN(nn.Module):
         self.generator = Generator(channels, image_size, latent_dim, width)
         self.discriminator = ConvEncoder(channels, image_size, width, 1, batch_norm=True)
 
+    def draw_latents(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """`num` draws from z's prior N(0, I), (num, latent_dim), made on the CPU."""
+        return prior_latents(num, self.latent_dim, generator)
+
 
 def gan(channels: int = 1, image_size: int | Sequence[int] = 8, latent_dim: int = 64,
         width: int = 64) -> GAN:
@@ -86,7 +90,7 @@ def generator_loss(fake_logits: torch.Tensor) -> torch.Tensor:
 
 def _fakes(model: GAN, num: int, device: torch.device,
            generator: torch.Generator | None) -> torch.Tensor:
-    return model.generator(prior_latents(num, model.latent_dim, generator).to(device))
+    return model.generator(model.draw_latents(num, generator).to(device))
 
 
 def discriminator_losses(model: GAN, batch: torch.Tensor,
@@ -122,7 +126,7 @@ def generator_losses(model: GAN, batch: torch.Tensor,
 def sample(model: GAN, num: int, *, generator: torch.Generator | None = None,
            batch_size: int | None = None) -> torch.Tensor:
     """`num` images in [0, 1] on the CPU, generated from prior draws made on the CPU."""
-    latents = prior_latents(num, model.latent_dim, generator)
+    latents = model.draw_latents(num, generator)
     with evaluating(model):
         return decode_in_batches(model.generator, latents, model_device(model), batch_size)
 

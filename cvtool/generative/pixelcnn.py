@@ -8,10 +8,23 @@ hold what it may see. For colour, each layer's feature maps are split into R, G 
 R is predicted from earlier pixels, G also from this pixel's R, B also from its R and G (the
 paper's channel masks): the channels are modelled jointly, not independently.
 
-The layout: a 7x7 type-A convolution, `layers` residual blocks (1x1, 3x3, 1x1 type-B
-convolutions, ReLU, optional dropout) and two 1x1 type-B layers onto channels x levels logits.
-Like the paper's plain PixelCNN it has a blind spot (some pixels up and to the right are out of
-reach); it never looks ahead, which is what the likelihood needs.
+Two layouts, one output head (two 1x1 type-B layers onto channels x levels logits):
+
+- residual (the first paper's): a 7x7 type-A convolution, then `layers` residual blocks (1x1,
+  3x3, 1x1 type-B convolutions, ReLU, optional dropout). Stacked masked 3x3 kernels leave a
+  blind spot: the pixels up and to the right of the current one that no path reaches.
+- gated (van den Oord et al., 2016b, "Conditional Image Generation with PixelCNN Decoders"),
+  what `cvtool train generate` builds: two stacks per layer. The vertical stack convolves the
+  rows above and the current row (kernel (k//2 + 1) x k); the horizontal stack the pixels left
+  of the current one in its row (kernel 1 x (k//2 + 1), its last column masked like the centre
+  of a type A or B kernel) and receives the vertical stack's features shifted down one row, so
+  every pixel above (at any column within reach) and every pixel to the left is seen: no blind
+  spot. Each stack's output is the gated activation tanh(a) * sigmoid(b); the horizontal stack
+  adds a 1x1 convolution of it (dropout first) to its input, a residual connection. The first
+  layer uses kernel `kernel_size`, the rest 3, so the receptive field grows one pixel a side
+  per layer.
+
+Neither ever looks ahead, which is what the likelihood needs.
 """
 
 from __future__ import annotations
@@ -48,11 +61,16 @@ def causal_mask(out_channels: int, in_channels: int, kernel_size: int, mask_type
     centre = kernel_size // 2
     mask[:, :, centre, centre + 1:] = 0
     mask[:, :, centre + 1:] = 0
-    out_group = colour_groups(out_channels, colours)[:, None]
-    in_group = colour_groups(in_channels, colours)[None, :]
-    allowed = out_group > in_group if mask_type == "A" else out_group >= in_group
-    mask[:, :, centre, centre] = allowed.float()
+    mask[:, :, centre, centre] = centre_mask(colour_groups(out_channels, colours),
+                                             colour_groups(in_channels, colours), mask_type)
     return mask
+
+
+def centre_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, mask_type: str) -> torch.Tensor:
+    """(out, in) 1 where an output of colour group g may see this pixel's input of group h:
+    h < g (type A) or h <= g (type B)."""
+    out_groups, in_groups = out_groups[:, None], in_groups[None, :]
+    return (out_groups > in_groups if mask_type == "A" else out_groups >= in_groups).float()
 
 
 class MaskedConv2d(nn.Conv2d):
@@ -86,20 +104,70 @@ class ResidualBlock(nn.Module):
         return features + self.body(features)
 
 
+class GatedLayer(nn.Module):
+    """One gated layer: (vertical, horizontal) features -> the same, each (N, width, H, W);
+    the first layer (`first`) takes the image (N, colours, H, W) as both and masks type A."""
+
+    def __init__(self, in_channels: int, width: int, kernel_size: int, colours: int,
+                 first: bool, dropout: float) -> None:
+        super().__init__()
+        half = kernel_size // 2
+        self.half, self.first = half, first
+        self.vertical = nn.Conv2d(in_channels, 2 * width, (half + 1, kernel_size))
+        self.link = nn.Conv2d(2 * width, 2 * width, 1)
+        self.horizontal = nn.Conv2d(in_channels, 2 * width, (1, half + 1))
+        self.out = nn.Conv2d(width, width, 1)
+        self.dropout = nn.Dropout(dropout)
+        # The gate's halves a, b: channel i of each belongs to the same colour group.
+        gated = colour_groups(width, colours).repeat(2)
+        inputs = torch.arange(in_channels) if first else colour_groups(in_channels, colours)
+        mask = torch.ones_like(self.horizontal.weight)
+        mask[:, :, 0, half] = centre_mask(gated, inputs, "A" if first else "B")
+        self.register_buffer("horizontal_mask", mask, persistent=False)
+        out_mask = centre_mask(colour_groups(width, colours), colour_groups(width, colours), "B")
+        self.register_buffer("out_mask", out_mask[:, :, None, None], persistent=False)
+
+    def forward(self, vertical: torch.Tensor, horizontal: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        half = self.half
+        v = self.vertical(F.pad(vertical, (half, half, half, 0)))  # rows r - half .. r
+        # Shifted down one row: what reaches the horizontal stack lies strictly above.
+        above = F.pad(v, (0, 0, 1, 0))[:, :, :-1]
+        h = self.horizontal._conv_forward(F.pad(horizontal, (half, 0, 0, 0)),
+                                          self.horizontal.weight * self.horizontal_mask,
+                                          self.horizontal.bias) + self.link(above)
+        gated = _gate(h)
+        update = self.out._conv_forward(self.dropout(gated), self.out.weight * self.out_mask,
+                                        self.out.bias)
+        return _gate(v), update if self.first else horizontal + update
+
+
+def _gate(features: torch.Tensor) -> torch.Tensor:
+    a, b = features.chunk(2, dim=1)
+    return torch.tanh(a) * torch.sigmoid(b)
+
+
 class PixelCNN(nn.Module):
     family = "pixelcnn"
 
     def __init__(self, channels: int, levels: int, image_size: tuple[int, int], width: int,
-                 layers: int, kernel_size: int, dropout: float) -> None:
+                 layers: int, kernel_size: int, dropout: float, gated: bool = False) -> None:
         super().__init__()
         check_channels_and_levels(channels, levels)
         if width < 2 * channels or layers < 0:
             raise ValueError(f"width must be at least 2 x channels ({2 * channels}) and layers "
                              f"at least 0, not {width}, {layers}")
         self.channels, self.levels, self.image_size = channels, levels, image_size
-        self.input = MaskedConv2d(channels, width, kernel_size, "A", channels)
-        self.blocks = nn.Sequential(*(ResidualBlock(width, channels, dropout)
-                                      for _ in range(layers)))
+        self.gated = gated
+        if gated:
+            self.layers = nn.ModuleList(
+                GatedLayer(channels if index == 0 else width, width,
+                           kernel_size if index == 0 else 3, channels, index == 0, dropout)
+                for index in range(layers + 1))
+        else:
+            self.input = MaskedConv2d(channels, width, kernel_size, "A", channels)
+            self.blocks = nn.Sequential(*(ResidualBlock(width, channels, dropout)
+                                          for _ in range(layers)))
         self.output = nn.Sequential(
             nn.ReLU(), MaskedConv2d(width, width, 1, "B", channels),
             nn.ReLU(), MaskedConv2d(width, channels * levels, 1, "B", channels))
@@ -111,19 +179,26 @@ class PixelCNN(nn.Module):
     def network(self, inputs: torch.Tensor) -> torch.Tensor:
         """Float inputs in [-1, 1], (N, C, H, W) -> logits (N, C, levels, H, W); differentiable
         in the inputs, which is how the masks are tested."""
-        logits = self.output(self.blocks(self.input(inputs)))
-        return logits.unflatten(1, (self.channels, self.levels))
+        if self.gated:
+            vertical = horizontal = inputs
+            for layer in self.layers:
+                vertical, horizontal = layer(vertical, horizontal)
+            features = horizontal
+        else:
+            features = self.blocks(self.input(inputs))
+        return self.output(features).unflatten(1, (self.channels, self.levels))
 
 
 def pixelcnn(channels: int = 1, levels: int = 256, image_size: int | Sequence[int] = 8,
              width: int = 64, layers: int = 5, kernel_size: int = 7,
-             dropout: float = 0.0) -> PixelCNN:
-    """The checkpoint builder (`cvtool.generative.pixelcnn:pixelcnn`); kwargs are JSON."""
+             dropout: float = 0.0, gated: bool = False) -> PixelCNN:
+    """The checkpoint builder (`cvtool.generative.pixelcnn:pixelcnn`); kwargs are JSON. `gated`
+    is False for checkpoints made before the gated layout (their JSON does not name it)."""
     size = image_size_pair(image_size)
-    model = PixelCNN(channels, levels, size, width, layers, kernel_size, dropout)
+    model = PixelCNN(channels, levels, size, width, layers, kernel_size, dropout, gated)
     model.kwargs = {"channels": channels, "levels": levels, "image_size": list(size),
                     "width": width, "layers": layers, "kernel_size": kernel_size,
-                    "dropout": dropout}
+                    "dropout": dropout, "gated": gated}
     return model
 
 

@@ -23,7 +23,6 @@ from cvtool.core.status import UsageError
 from cvtool.generative import gan, pixelcnn, vae
 from cvtool.generative.checkpoint import LoadedGenerative, describe, load_generative
 from cvtool.generative.images import PNG_MODES, grid, to_uint8, write_png
-from cvtool.generative.layers import prior_latents
 
 TASK = "generate"
 LATENT_FAMILIES = {"vae": vae, "gan": gan}
@@ -70,7 +69,7 @@ def generate(env: Environment, loaded: LoadedGenerative, options: GenerateOption
     generator = torch.Generator().manual_seed(options.seed)
     if options.interpolate:
         family = LATENT_FAMILIES[loaded.family]
-        ends = prior_latents(2 * options.num, module.latent_dim, generator)
+        ends = module.draw_latents(2 * options.num, generator)
         return family.interpolate(module, ends[:options.num], ends[options.num:],
                                   options.steps, options.batch_size)
     if loaded.family == "pixelcnn":

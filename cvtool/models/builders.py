@@ -104,9 +104,10 @@ _OWN: dict[str, dict[str, Check]] = {
         "detections_per_image": integer(1, 10_000)},
     "cvtool.generative.pixelcnn:pixelcnn": {
         **_GENERATIVE, "levels": integer(2, 256), "layers": integer(1, MAX_LAYERS),
-        "kernel_size": choice(3, 5, 7, 9, 11), "dropout": PROBABILITY},
+        "kernel_size": choice(3, 5, 7, 9, 11), "dropout": PROBABILITY, "gated": BOOLEAN},
     "cvtool.generative.vae:vae": {**_GENERATIVE, "levels": integer(2, 256),
-                                  "latent_dim": integer(1, 4096)},
+                                  "latent_dim": integer(1, 4096),
+                                  "prior_components": integer(0, 4096)},
     "cvtool.generative.gan:gan": {**_GENERATIVE, "latent_dim": integer(1, 4096)},
     # timm's models, by architecture name (checked against timm's list when built).
     "timm:create_model": {"model_name": name_like, "num_classes": CLASSES,

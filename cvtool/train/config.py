@@ -25,6 +25,20 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 # Used when --lr is not given; the lr that suits each optimiser on small images.
 DEFAULT_LR = {"sgd": 0.05, "momentum": 0.01, "adagrad": 0.01, "rmsprop": 0.001, "adam": 0.001}
+# The course models' defaults, chosen by `bench/training_defaults.py` across seeded splits of
+# digits (docs/measured.md): what an option left unset becomes. "adam_lr" replaces DEFAULT_LR
+# for adam only (the sweep ran with adam). Any other model (torchvision, timm: fine-tuning or
+# training on an image folder) takes GENERAL_RECIPE. The recipe is resolved when the config is
+# made, so config.json holds the values a run used and --resume never changes with them.
+RECIPES: dict[str, dict[str, Any]] = {
+    # L2 0.0005 is about LogisticRegression's C=1 (1 / (2 x 1437 train images)).
+    "linear": {"epochs": 100, "adam_lr": 0.01, "schedule": "cosine", "reg": "l2",
+               "reg_strength": 0.0005},
+    "mlp": {"epochs": 50, "schedule": "cosine", "dropout": 0.1},
+    "cnn": {"epochs": 30, "schedule": "cosine", "batch_norm": True},
+}
+GENERAL_RECIPE: dict[str, Any] = {"epochs": 10, "schedule": "constant", "dropout": 0.0,
+                                  "batch_norm": False, "reg": "none", "reg_strength": 0.0}
 
 
 @dataclass
@@ -36,15 +50,15 @@ class ClassifyConfig:
     width: int = 32  # mlp: hidden units; cnn: channels of the first conv (doubled per layer)
     activation: str = "relu"
     init: str = "auto"  # small for linear, kaiming for mlp/cnn, torchvision's own otherwise
-    batch_norm: bool = False
-    dropout: float = 0.0
+    batch_norm: bool | None = None  # None: the model's recipe (RECIPES)
+    dropout: float | None = None  # None: the model's recipe
     weights: str = "none"  # torchvision architectures: none | default | PATH
     optimizer: str = "adam"
-    lr: float | None = None
-    reg: str = "none"
-    reg_strength: float = 0.0
-    schedule: str = "constant"
-    epochs: int = 10
+    lr: float | None = None  # None: the model's recipe, else DEFAULT_LR[optimizer]
+    reg: str | None = None  # None: the model's recipe
+    reg_strength: float | None = None  # None: the recipe's, when --reg is the recipe's; else 0
+    schedule: str | None = None  # None: the model's recipe
+    epochs: int | None = None  # None: the model's recipe
     batch_size: int = 64
     augment: bool = False
     val_split: float = 0.2
@@ -60,6 +74,15 @@ class ClassifyConfig:
     folds: int = 5  # knn
 
     def __post_init__(self) -> None:
+        recipe = {**GENERAL_RECIPE, **RECIPES.get(self.model, {})}
+        for name in ("epochs", "schedule", "dropout", "batch_norm", "reg"):
+            if getattr(self, name) is None:
+                setattr(self, name, recipe[name])
+        if self.reg_strength is None:
+            self.reg_strength = recipe["reg_strength"] if self.reg == recipe["reg"] else 0.0
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = recipe["adam_lr"] if "adam_lr" in recipe and self.optimizer == "adam" \
+                else DEFAULT_LR[self.optimizer]
         _require(0 <= self.workers <= MAX_WORKERS, f"--workers must be 0 to {MAX_WORKERS}")
         for name, valid in CHOICES.items():
             if getattr(self, name) not in valid:
@@ -277,8 +300,10 @@ class GenerateConfig:
     data: str
     model: str = "pixelcnn"  # pixelcnn | vae | gan
     width: int = 64  # channels of the convolutions
-    layers: int = 5  # pixelcnn: residual blocks
+    layers: int = 5  # pixelcnn: gated layers after the first
     latent_dim: int = 16  # vae / gan
+    prior_components: int = 100  # vae: the learnt mixture prior's Gaussians (0: N(0, I))
+    dropout: float = 0.0  # pixelcnn: in each layer's residual branch
     levels: int | None = None  # intensity levels [digits 17, else 256]
     optimizer: str = "adam"
     lr: float | None = None
@@ -303,6 +328,8 @@ class GenerateConfig:
                  and self.layers >= 1 and self.latent_dim >= 1,
                  "--epochs, --batch-size, --width, --layers and --latent-dim must be at least 1")
         _require(self.levels is None or 2 <= self.levels <= 256, "--levels must be 2 to 256")
+        _require(0 <= self.prior_components <= 4096, "--prior-components must be 0 to 4096")
+        _require(0 <= self.dropout < 1, f"--dropout {self.dropout}: expected 0 <= P < 1")
         _require(0 < self.val_split < 1, f"--val-split {self.val_split}: expected 0 < S < 1")
         _require(self.warmup >= 0 and self.weight_decay >= 0,
                  "--warmup and --weight-decay must not be negative")

@@ -70,9 +70,10 @@ def train_generate(env: Environment, config: GenerateConfig | None, run_dir: Pat
     levels = config.levels or (DIGIT_LEVELS if config.data == DIGITS else 256)
     kwargs: dict[str, Any] = {"channels": channels, "image_size": size, "width": config.width}
     if config.model == "pixelcnn":
-        kwargs.update(levels=levels, layers=config.layers)
+        kwargs.update(levels=levels, layers=config.layers, gated=True, dropout=config.dropout)
     elif config.model == "vae":
-        kwargs.update(levels=levels, latent_dim=config.latent_dim)
+        kwargs.update(levels=levels, latent_dim=config.latent_dim,
+                      prior_components=config.prior_components)
     else:
         kwargs.update(latent_dim=config.latent_dim)
     architecture = {"builder": BUILDERS[config.model], "kwargs": kwargs}
@@ -254,7 +255,7 @@ def _final_fid(run_dir: Path, config: GenerateConfig, env: Environment) -> dict[
     """fid_digits of 1000 samples of best.*, beside the real-vs-real floor at that size, and
     the share of each digit among the samples as digits-cnn classifies them."""
     from cvtool.generative.checkpoint import load_generative
-    from cvtool.generative.fid import fid_digits, real_floor
+    from cvtool.generative.fid import digit_shares, fid_digits, real_floor
     from cvtool.models.classification import load_classifier
 
     loaded = load_generative(str(run_dir / "best.safetensors"))
@@ -264,11 +265,7 @@ def _final_fid(run_dir: Path, config: GenerateConfig, env: Environment) -> dict[
                      val_split=config.val_split)
     floor = real_floor(SUMMARY_FID_SAMPLES, seed=config.seed, val_split=config.val_split,
                        classifier=classifier)
-    rgb = samples.expand(-1, 3, -1, -1) if samples.shape[1] == 1 else samples
-    rgb = (rgb.clamp(0, 1) * 255).round() / 255
-    with torch.no_grad():
-        predicted = classifier.module(classifier.transforms(rgb)).argmax(1)
-    shares = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    shares = digit_shares(samples, classifier)
     env.log(f"fid_digits {fid:.3f} over {SUMMARY_FID_SAMPLES} samples; real-vs-real floor "
             f"{floor:.3f} (ratio {fid / floor:.2f})")
     return {"fid_digits": fid, "fid_samples": SUMMARY_FID_SAMPLES, "fid_real_floor": floor,
