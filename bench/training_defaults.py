@@ -8,7 +8,7 @@ scikit-learn's LogisticRegression / LinearSVC on the same splits for the linear 
 first row of each model is cvtool's current defaults.
 Usage, from the repository root:
     PYTHONPATH=. python bench/training_defaults.py [--models linear-ce,linear-svm,mlp,cnn]
-                                                    [--seeds 0,1,2,3,4]
+                                                    [--seeds 0-24 | 0,1,2]
 """
 
 from __future__ import annotations
@@ -35,18 +35,16 @@ from cvtool.data.classification import load_classification_data
 OLD = ["--epochs", "10", "--schedule", "constant", "--lr", "0.001"]
 GRIDS: dict[str, tuple[list[str], list[list[str]]]] = {
     "linear-ce": (["--model", "linear", "--loss", "ce"], [
-        [], [*OLD, "--reg", "none"], ["--epochs", "30", "--reg", "none"],
-        ["--epochs", "50", "--reg", "none"],
-        ["--epochs", "50", "--reg-strength", "0.001"],
-        ["--epochs", "100", "--reg", "none"],
-        ["--epochs", "100", "--reg-strength", "0.0003"],
-        ["--epochs", "100", "--reg-strength", "0.001"],
+        [], [*OLD, "--reg", "none"], ["--epochs", "50", "--reg", "none"],
+        ["--epochs", "100", "--reg", "none"], ["--epochs", "100", "--reg-strength", "0.001"],
         ["--epochs", "100", "--lr", "0.03", "--reg", "none"]]),
     "linear-svm": (["--model", "linear", "--loss", "svm"], [
         [], [*OLD, "--reg", "none"], ["--epochs", "50", "--reg", "none"]]),
     "mlp": (["--model", "mlp"], [
-        [], [*OLD, "--dropout", "0"], ["--epochs", "30", "--dropout", "0"],
-        ["--epochs", "50", "--dropout", "0"]]),
+        [], [*OLD, "--dropout", "0", "--width", "32"],
+        ["--width", "32", "--dropout", "0.1"], ["--width", "32", "--dropout", "0.2"],
+        ["--width", "32", "--epochs", "100", "--dropout", "0.2"],
+        ["--epochs", "100", "--dropout", "0.3"]]),
     "cnn": (["--model", "cnn"], [
         [], [*OLD, "--no-batch-norm"], ["--epochs", "30", "--no-batch-norm"]]),
 }
@@ -83,9 +81,13 @@ def row(label: str, scores: list[float], reference: list[float] | None = None) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(GRIDS))
-    parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--seeds", default="0-24", help="a range A-B or a list A,B,...")
     args = parser.parse_args()
-    seeds = [int(seed) for seed in args.seeds.split(",")]
+    if "-" in args.seeds:
+        first, last = map(int, args.seeds.split("-"))
+        seeds = list(range(first, last + 1))
+    else:
+        seeds = [int(seed) for seed in args.seeds.split(",")]
     print(f"digits, split seeds {seeds}; {machine_line()}")
     for model in args.models.split(","):
         shared, settings = GRIDS[model]

@@ -33,8 +33,9 @@ Resume = Annotated[Optional[Path], typer.Option(
 Force = Annotated[bool, typer.Option(help="Train into a non-empty --output directory.")]
 Loss = Annotated[str, typer.Option(help="ce (softmax) | svm (multiclass hinge).")]
 Depth = Annotated[int, typer.Option(help="mlp: hidden layers; cnn: conv layers.")]
-Width = Annotated[int, typer.Option(
-    help="mlp: units per hidden layer; cnn: channels of the first conv, doubled per layer.")]
+Width = Annotated[Optional[int], typer.Option(
+    show_default=False, help="mlp: units per hidden layer [default: 128]; cnn: channels of the "
+    "first conv, doubled per layer [default: 32].")]
 Activation = Annotated[Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu"], typer.Option()]
 Init = Annotated[Literal["auto", "small", "large", "xavier", "kaiming"], typer.Option(
     help="auto: small for linear, else kaiming.")]
@@ -45,7 +46,7 @@ BatchNorm = Annotated[Optional[bool], typer.Option(
     + RECIPE.format("no", "no", "yes", "no") + "].")]
 Dropout = Annotated[Optional[float], typer.Option(
     show_default=False, help="Dropout probability P [default: "
-    + RECIPE.format(0, 0.1, 0, 0) + "].")]
+    + RECIPE.format(0, 0.2, 0, 0) + "].")]
 Weights = Annotated[str, typer.Option(
     help="torchvision models: none (from scratch) | default (fine-tune) | PATH.")]
 Optimizer = Annotated[Literal["sgd", "momentum", "adagrad", "rmsprop", "adam"], typer.Option()]
@@ -186,7 +187,7 @@ def _without_nproc(args: list[str]) -> list[str]:
 @train_app.command("classify")
 def classify(
     data: Data = None, model: Model = "cnn", output: Output = None, resume: Resume = None,
-    force: Force = False, loss: Loss = "ce", depth: Depth = 2, width: Width = 32,
+    force: Force = False, loss: Loss = "ce", depth: Depth = 2, width: Width = None,
     activation: Activation = "relu", init: Init = "auto", batch_norm: BatchNorm = None,
     dropout: Dropout = None, weights: Weights = "none", optimizer: Optimizer = "adam",
     lr: Lr = None, reg: Reg = None, reg_strength: RegStrength = None,

@@ -34,11 +34,12 @@ RECIPES: dict[str, dict[str, Any]] = {
     # L2 0.0005 is about LogisticRegression's C=1 (1 / (2 x 1437 train images)).
     "linear": {"epochs": 100, "adam_lr": 0.01, "schedule": "cosine", "reg": "l2",
                "reg_strength": 0.0005},
-    "mlp": {"epochs": 50, "schedule": "cosine", "dropout": 0.1},
+    "mlp": {"epochs": 50, "schedule": "cosine", "dropout": 0.2, "width": 128},
     "cnn": {"epochs": 30, "schedule": "cosine", "batch_norm": True},
 }
 GENERAL_RECIPE: dict[str, Any] = {"epochs": 10, "schedule": "constant", "dropout": 0.0,
-                                  "batch_norm": False, "reg": "none", "reg_strength": 0.0}
+                                  "width": 32, "batch_norm": False, "reg": "none",
+                                  "reg_strength": 0.0}
 
 
 @dataclass
@@ -47,7 +48,7 @@ class ClassifyConfig:
     model: str = "cnn"  # knn | linear | mlp | cnn | a torchvision classifier name
     loss: str = "ce"
     depth: int = 2  # mlp: hidden layers; cnn: conv layers
-    width: int = 32  # mlp: hidden units; cnn: channels of the first conv (doubled per layer)
+    width: int | None = None  # mlp: hidden units; cnn: first conv's channels (x2 per layer)
     activation: str = "relu"
     init: str = "auto"  # small for linear, kaiming for mlp/cnn, torchvision's own otherwise
     batch_norm: bool | None = None  # None: the model's recipe (RECIPES)
@@ -75,7 +76,7 @@ class ClassifyConfig:
 
     def __post_init__(self) -> None:
         recipe = {**GENERAL_RECIPE, **RECIPES.get(self.model, {})}
-        for name in ("epochs", "schedule", "dropout", "batch_norm", "reg"):
+        for name in ("epochs", "schedule", "dropout", "batch_norm", "reg", "width"):
             if getattr(self, name) is None:
                 setattr(self, name, recipe[name])
         if self.reg_strength is None:
