@@ -30,7 +30,10 @@ def test_help_never_imports_torch():
 def test_shell_completion_completes_commands_and_options_without_torch():
     import os
 
-    script = cvtool_process("--show-completion", "bash")
+    # The shell named, not detected: detection reads the parent processes, and a detached test
+    # run (CI, nohup) has no shell among them.
+    script = cvtool_process("--show-completion", "bash",
+                            env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert script.code == 0 and "_CVTOOL_COMPLETE=complete_bash" in script.stdout
     for words, cword, expected in (("cvtool segment-s", "1", "segment-semantic"),
                                    ("cvtool detect --str", "2", "--streams")):

@@ -195,7 +195,7 @@ def _detector(options: ExportOptions, task: str, images: list[tuple[str, Any]],
 
 
 class VaeDecoder(nn.Module):
-    """A VAE's decoder as one graph: latents in, expected images in [0, 1] out."""
+    """A VAE's decoder as one graph: latents in, the most likely images in [0, 1] out."""
 
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
