@@ -17,6 +17,7 @@ import typer
 from cvtool.cli.options import Debug, Device, Quiet, Threads
 from cvtool.core.context import Environment, current, finish
 from cvtool.core.status import ExitStatus, UsageError
+from cvtool.train.config import GENERAL_RECIPE, RECIPES
 
 train_app = typer.Typer(name="train", no_args_is_help=True, rich_markup_mode=None,
                         help="Train a model; outputs per task in RUN_DIR.")
@@ -39,14 +40,24 @@ Width = Annotated[Optional[int], typer.Option(
 Activation = Annotated[Literal["sigmoid", "tanh", "relu", "leaky_relu", "elu"], typer.Option()]
 Init = Annotated[Literal["auto", "small", "large", "xavier", "kaiming"], typer.Option(
     help="auto: small for linear, else kaiming.")]
-RECIPE = "the model's recipe: linear {}, mlp {}, cnn {}, others {}"
+def _recipe(name: str, shown: Callable[[Any], str] = str) -> str:
+    """An option's default per course model, from the recipes themselves."""
+    values = [{**GENERAL_RECIPE, **RECIPES[model]}[name] for model in ("linear", "mlp", "cnn")]
+    return ("the model's recipe: linear {}, mlp {}, cnn {}, others {}"
+            .format(*map(shown, [*values, GENERAL_RECIPE[name]])))
+
+
+def _yes(value: bool) -> str:
+    return "yes" if value else "no"
+
+
 BatchNorm = Annotated[Optional[bool], typer.Option(
     "--batch-norm/--no-batch-norm", show_default=False,
     help="Batch norm after each conv/hidden layer (folded for inference) [default: "
-    + RECIPE.format("no", "no", "yes", "no") + "].")]
+    + _recipe("batch_norm", _yes) + "].")]
 Dropout = Annotated[Optional[float], typer.Option(
     show_default=False, help="Dropout probability P [default: "
-    + RECIPE.format(0, 0.2, 0, 0) + "].")]
+    + _recipe("dropout") + "].")]
 Weights = Annotated[str, typer.Option(
     help="torchvision models: none (from scratch) | default (fine-tune) | PATH.")]
 Optimizer = Annotated[Literal["sgd", "momentum", "adagrad", "rmsprop", "adam"], typer.Option()]
@@ -55,12 +66,11 @@ Lr = Annotated[Optional[float], typer.Option(
     "with adam 0.01].", show_default=False)]
 Reg = Annotated[Optional[Literal["none", "l1", "l2"]], typer.Option(
     show_default=False, help="On conv and linear weights [default: "
-    + RECIPE.format("l2", "none", "none", "none") + "].")]
+    + _recipe("reg") + "].")]
 RegStrength = Annotated[Optional[float], typer.Option(
     show_default=False, help="lambda of --reg [default: linear with l2 0.0005, else 0].")]
 Schedule = Annotated[Optional[Literal["constant", "step", "cosine"]], typer.Option(
-    show_default=False, help="Per epoch [default: " + RECIPE.format(
-        "cosine", "cosine", "cosine", "constant") + "].")]
+    show_default=False, help="Per epoch [default: " + _recipe("schedule") + "].")]
 Epochs = Annotated[Optional[int], typer.Option(
     min=1, show_default=False, help="Epochs [default: classify linear 100, mlp 50, cnn 30, "
     "others 10; detect and segment-instance 12; segment-semantic and generate 20]; with "

@@ -50,9 +50,7 @@ def digits_features(images: torch.Tensor, classifier: LoadedModel | None = None,
     hook = last_linear.register_forward_pre_hook(
         lambda _layer, inputs: captured.append(inputs[0].double().cpu()))
     try:
-        as_saved = (images.detach().float().cpu().clamp(0, 1) * 255).round() / 255
-        rgb = as_saved.expand(-1, 3, -1, -1) if as_saved.shape[1] == 1 else as_saved
-        for chunk in rgb.split(batch_size):
+        for chunk in _as_saved_rgb(images).split(batch_size):
             loaded.module(loaded.transforms(chunk))
     finally:
         hook.remove()
@@ -64,11 +62,15 @@ def digit_shares(images: torch.Tensor, classifier: LoadedModel | None = None) ->
     """The share of each digit 0-9 among float images in [0, 1], (N, 1 or 3, H, W), as the
     classifier labels them (rounded to 8 bits first, as their PNG files would be)."""
     loaded = classifier or load_classifier(CLASSIFIER)
-    as_saved = (images.detach().float().cpu().clamp(0, 1) * 255).round() / 255
-    rgb = as_saved.expand(-1, 3, -1, -1) if as_saved.shape[1] == 1 else as_saved
     labels = torch.cat([loaded.module(loaded.transforms(chunk)).argmax(1)
-                        for chunk in rgb.split(512)])
+                        for chunk in _as_saved_rgb(images).split(512)])
     return np.bincount(labels.numpy(), minlength=10) / max(1, len(labels))
+
+
+def _as_saved_rgb(images: torch.Tensor) -> torch.Tensor:
+    """Float images in [0, 1] rounded to 8 bits, as their PNG files would be, grey made RGB."""
+    as_saved = (images.detach().float().cpu().clamp(0, 1) * 255).round() / 255
+    return as_saved.expand(-1, 3, -1, -1) if as_saved.shape[1] == 1 else as_saved
 
 
 def frechet_distance(features_a: np.ndarray, features_b: np.ndarray) -> float:

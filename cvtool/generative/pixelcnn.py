@@ -73,22 +73,32 @@ def centre_mask(out_groups: torch.Tensor, in_groups: torch.Tensor, mask_type: st
     return (out_groups > in_groups if mask_type == "A" else out_groups >= in_groups).float()
 
 
-class MaskedConv2d(nn.Conv2d):
-    """A same-size convolution whose weights are multiplied by `causal_mask` at every call."""
+class WeightMaskedConv2d(nn.Conv2d):
+    """A convolution whose weights are multiplied by a fixed 0/1 `mask` (the weights' shape)
+    at every call. Not persistent: the mask follows from the constructor, checkpoints hold
+    weights only."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int | tuple[int, int],
+                 mask: torch.Tensor, padding: int = 0) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, padding=padding)
+        self.register_buffer("mask", mask, persistent=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(inputs, self.weight * self.mask, self.bias)
+
+
+class MaskedConv2d(WeightMaskedConv2d):
+    """A same-size square convolution masked by `causal_mask` (type A or B)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, mask_type: str,
                  colours: int = 1) -> None:
         if mask_type not in ("A", "B") or kernel_size % 2 == 0:
             raise ValueError(f"need mask type A or B and an odd kernel, not {mask_type!r}, "
                              f"{kernel_size}")
-        super().__init__(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        super().__init__(in_channels, out_channels, kernel_size,
+                         causal_mask(out_channels, in_channels, kernel_size, mask_type, colours),
+                         padding=kernel_size // 2)
         self.mask_type = mask_type
-        # Not persistent: the mask follows from the constructor, checkpoints hold weights only.
-        self.register_buffer("mask", causal_mask(out_channels, in_channels, kernel_size,
-                                                 mask_type, colours), persistent=False)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(inputs, self.weight * self.mask, self.bias)
 
 
 class ResidualBlock(nn.Module):
@@ -115,17 +125,15 @@ class GatedLayer(nn.Module):
         self.half, self.first = half, first
         self.vertical = nn.Conv2d(in_channels, 2 * width, (half + 1, kernel_size))
         self.link = nn.Conv2d(2 * width, 2 * width, 1)
-        self.horizontal = nn.Conv2d(in_channels, 2 * width, (1, half + 1))
-        self.out = nn.Conv2d(width, width, 1)
-        self.dropout = nn.Dropout(dropout)
-        # The gate's halves a, b: channel i of each belongs to the same colour group.
+        # The gate's halves a, b: channel i of each belongs to the same colour group; the
+        # kernel's last column is the current pixel.
         gated = colour_groups(width, colours).repeat(2)
         inputs = torch.arange(in_channels) if first else colour_groups(in_channels, colours)
-        mask = torch.ones_like(self.horizontal.weight)
+        mask = torch.ones(2 * width, in_channels, 1, half + 1)
         mask[:, :, 0, half] = centre_mask(gated, inputs, "A" if first else "B")
-        self.register_buffer("horizontal_mask", mask, persistent=False)
-        out_mask = centre_mask(colour_groups(width, colours), colour_groups(width, colours), "B")
-        self.register_buffer("out_mask", out_mask[:, :, None, None], persistent=False)
+        self.horizontal = WeightMaskedConv2d(in_channels, 2 * width, (1, half + 1), mask)
+        self.out = MaskedConv2d(width, width, 1, "B", colours)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, vertical: torch.Tensor, horizontal: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,12 +141,8 @@ class GatedLayer(nn.Module):
         v = self.vertical(F.pad(vertical, (half, half, half, 0)))  # rows r - half .. r
         # Shifted down one row: what reaches the horizontal stack lies strictly above.
         above = F.pad(v, (0, 0, 1, 0))[:, :, :-1]
-        h = self.horizontal._conv_forward(F.pad(horizontal, (half, 0, 0, 0)),
-                                          self.horizontal.weight * self.horizontal_mask,
-                                          self.horizontal.bias) + self.link(above)
-        gated = _gate(h)
-        update = self.out._conv_forward(self.dropout(gated), self.out.weight * self.out_mask,
-                                        self.out.bias)
+        h = self.horizontal(F.pad(horizontal, (half, 0, 0, 0))) + self.link(above)
+        update = self.out(self.dropout(_gate(h)))
         return _gate(v), update if self.first else horizontal + update
 
 

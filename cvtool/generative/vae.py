@@ -65,7 +65,7 @@ class VAE(nn.Module):
     def prior_log_prob(self, latents: torch.Tensor) -> torch.Tensor:
         """log p(z) of each latent, (N,)."""
         if self.prior is None:
-            return -0.5 * (latents.pow(2) + _LOG_2PI).sum(1)
+            return gaussian_log_prob(latents, torch.zeros_like(latents), torch.zeros_like(latents))
         return self.prior.log_prob(latents)
 
     def draw_latents(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -96,8 +96,7 @@ class MixturePrior(nn.Module):
         self.logits = nn.Parameter(torch.zeros(components))
 
     def log_prob(self, latents: torch.Tensor) -> torch.Tensor:
-        per_component = -0.5 * ((latents[:, None] - self.means).pow(2) / self.log_vars.exp()
-                                + self.log_vars + _LOG_2PI).sum(2)
+        per_component = gaussian_log_prob(latents[:, None], self.means, self.log_vars)
         return (per_component + self.logits.log_softmax(0)).logsumexp(1)
 
     @torch.no_grad()
@@ -145,10 +144,11 @@ def kl_divergence(mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(1)
 
 
-def posterior_log_prob(latents: torch.Tensor, mean: torch.Tensor,
-                       log_var: torch.Tensor) -> torch.Tensor:
-    """log q(z|x) of each latent, (N,)."""
-    return -0.5 * ((latents - mean).pow(2) / log_var.exp() + log_var + _LOG_2PI).sum(1)
+def gaussian_log_prob(latents: torch.Tensor, mean: torch.Tensor,
+                      log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag(exp(log_var))), summed over the last dimension: log q(z|x) of each
+    latent, (N,), and the prior's per-component densities alike."""
+    return -0.5 * ((latents - mean).pow(2) / log_var.exp() + log_var + _LOG_2PI).sum(-1)
 
 
 def elbo(model: VAE, images: torch.Tensor, samples: int = 1,
@@ -164,7 +164,7 @@ def elbo(model: VAE, images: torch.Tensor, samples: int = 1,
     if model.prior is None:
         kl = kl_divergence(mean, log_var)
     else:
-        kl = torch.stack([posterior_log_prob(latents, mean, log_var)
+        kl = torch.stack([gaussian_log_prob(latents, mean, log_var)
                           - model.prior_log_prob(latents) for latents in draws]).mean(0)
     return reconstruction - kl, reconstruction, kl
 
@@ -180,7 +180,7 @@ def importance_log_likelihood(model: VAE, images: torch.Tensor, samples: int = 1
         latents = reparameterise(mean, log_var, generator)
         log_weights.append(reconstruction_log_likelihood(model, latents, x_levels)
                            + model.prior_log_prob(latents)
-                           - posterior_log_prob(latents, mean, log_var))
+                           - gaussian_log_prob(latents, mean, log_var))
     return torch.stack(log_weights).logsumexp(0) - math.log(samples)
 
 

@@ -99,8 +99,8 @@ class ClassifyConfig:
                  "--init applies to linear, mlp and cnn; torchvision models keep their own")
 
     @property
-    def resolved_lr(self) -> float:
-        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+    def resolved_lr(self) -> float:  # the trainers' one name for it; set by __post_init__
+        return self.lr
 
     @property
     def resolved_init(self) -> str:
