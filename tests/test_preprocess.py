@@ -5,6 +5,7 @@ house CNN's whole run imports neither torchvision nor any other heavy package it
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -52,9 +53,13 @@ def test_equal_to_torchvisions_preset(interpolation: str, sizes: tuple) -> None:
         assert torch.equal(ours(tensor), theirs(tensor))
 
 
-def test_the_house_cnns_run_imports_only_what_it_needs() -> None:
+@pytest.mark.parametrize("run_directory", [False, True], ids=["stdout", "with -o"])
+def test_the_house_cnns_run_imports_only_what_it_needs(run_directory: bool, tmp_path) -> None:
+    """Also with -o: run.json's versions are read without importing torchvision."""
+    extra = ['-o', str(tmp_path / "out")] if run_directory else []
     code = ("import runpy, sys\n"
-            "sys.argv = ['cvtool', 'classify', 'sample_images/digits', '-m', 'digits-cnn', '-q']\n"
+            f"sys.argv = ['cvtool', 'classify', 'sample_images/digits', '-m', 'digits-cnn', '-q', "
+            f"*{extra!r}]\n"
             "try:\n    runpy.run_module('cvtool', run_name='__main__')\n"
             "except SystemExit as exit:\n    assert exit.code in (0, None), exit.code\n"
             "heavy = {'torchvision', 'timm', 'segmentation_models_pytorch', 'pycocotools',\n"
@@ -65,3 +70,6 @@ def test_the_house_cnns_run_imports_only_what_it_needs() -> None:
     assert done.returncode == 0, done.stderr
     assert len(done.stdout.splitlines()) == 20  # the records
     assert done.stderr.strip().splitlines()[-1] == "[]"
+    if run_directory:
+        recorded = json.loads((tmp_path / "out" / "run.json").read_text())["versions"]
+        assert recorded["torchvision"] and recorded["torch"] and recorded["pillow"]
