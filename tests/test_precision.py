@@ -38,14 +38,20 @@ NEAR_TIE = 0.02  # fp32's top-2 probabilities this close: bf16's rounding decide
 
 @pytest.mark.parametrize(("folder", "model"), [("photos", "efficientnet_lite0"),
                                                ("digits", "digits-cnn")])
-def test_bf16_top1_agrees_with_fp32_on_the_sample_sets(folder: str, model: str) -> None:
-    """Every input whose fp32 top-1 is decisive keeps it under bf16. (On the photos, chelsea.jpg
-    is a near-tie: tiger cat 0.3708, Egyptian cat 0.3698 in fp32; bf16 swaps them, so the
-    photos agree 7 of 8.)"""
+def test_auto_gives_fp32s_labels_on_the_sample_sets(folder: str, model: str,
+                                                    tmp_path: Path) -> None:
+    """`--precision bf16`: every input whose fp32 top-1 is decisive keeps it (on the photos
+    chelsea.jpg is a near-tie, tiger cat 0.3708 / Egyptian cat 0.3698 in fp32, which bf16
+    swaps). `--precision auto` re-runs bf16's near-ties in fp32: every label is fp32's, and
+    run.json counts the re-runs (none where this CPU has no native bf16 and auto is fp32)."""
+    import torch
+
+    from cvtool.core.device import native_bf16
+
     runs = {}
-    for precision in ("fp32", "bf16"):
+    for precision in ("fp32", "bf16", "auto"):
         done = cvtool("classify", ROOT / "sample_images" / folder, "-m", model,
-                      "--precision", precision, "--topk", "2")
+                      "--precision", precision, "--topk", "2", "-o", tmp_path / precision)
         assert done.code == 0, done.stderr
         runs[precision] = done.records()
     decisive = [(a, b) for a, b in zip(runs["fp32"], runs["bf16"])
@@ -53,3 +59,14 @@ def test_bf16_top1_agrees_with_fp32_on_the_sample_sets(folder: str, model: str) 
     assert len(decisive) >= len(runs["fp32"]) - 1
     assert all(a["predictions"][0]["index"] == b["predictions"][0]["index"]
                for a, b in decisive)
+    assert [r["predictions"][0]["index"] for r in runs["auto"]] == [
+        r["predictions"][0]["index"] for r in runs["fp32"]]
+    run = json.loads((tmp_path / "auto" / "run.json").read_text())
+    if native_bf16(torch.device("cpu")):
+        close = sum(r["predictions"][0]["score"] - r["predictions"][1]["score"] < 0.06
+                    for r in runs["bf16"])
+        assert run["rechecked_in_fp32"] == close
+        if folder == "photos":
+            assert close >= 1  # chelsea at least: the re-check is what made auto agree
+    else:
+        assert "rechecked_in_fp32" not in run

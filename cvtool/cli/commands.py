@@ -124,6 +124,8 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
                                  tally, common.max_failures)
         if metrics is not None:
             settings["metrics"] = metrics()
+        if engine is None:  # Ray's actors count on their own machines
+            settings.update(predictor.counts)
         if output is not None:
             info = run_info(predictor.task, predictor.models_info(), settings, tally)
             info["counts"] = _whole_run(records_file.earlier, info["counts"])

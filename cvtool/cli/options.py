@@ -82,7 +82,7 @@ INFERENCE_OPTIONS: dict[str, Any] = {
     "device": Device,
     "precision": Annotated[Literal["fp32", "bf16", "fp16", "auto"], typer.Option(
         help="auto: bf16 where the device computes it natively (AVX512-BF16 / AMX CPUs, bf16 "
-             "GPUs), else fp32.")],
+             "GPUs), else fp32; classify re-runs bf16's near-ties in fp32.")],
     "batch_size": Annotated[int, typer.Option("--batch-size", "-b", min=1)],
     "workers": Annotated[int, typer.Option(
         min=0, help="Decoding threads (0: decode in the main thread).")],

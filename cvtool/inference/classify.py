@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,14 +21,29 @@ from cvtool.models.preprocess import classification_input, grey_picture
 TASK = "classify"
 
 
+# bf16's rounding moves ImageNet probabilities by up to 0.028 (efficientnet_lite0 on the sample
+# photos); a bf16 top-2 closer than twice that may be in fp32's other order.
+RECHECK_MARGIN = 0.06
+
+
 class Classifier:
-    """Averages softmax probabilities over the ensemble's models (and over TTA views)."""
+    """Averages softmax probabilities over the ensemble's models (and over TTA views).
+
+    `recheck` (`--precision auto` where it chose bf16): an input whose bf16 top-2 are within
+    RECHECK_MARGIN runs again in fp32, so its label is fp32's; the others keep bf16's speed."""
 
     def __init__(self, models: Sequence[LoadedModel], device: torch.device, precision: str,
-                 topk: int, tta: bool) -> None:
+                 topk: int, tta: bool, recheck: bool = False,
+                 counts: dict[str, int] | None = None) -> None:
         self.models = list(models)
         self.categories = shared_categories(self.models)
         self.device, self.precision, self.tta = device, precision, tta
+        self.recheck = recheck and precision != "fp32" and len(self.categories) > 1
+        # run.json's `rechecked_in_fp32`; `infer` runs on several streams at once
+        self.counts = counts if counts is not None else {}
+        self._counting = threading.Lock()
+        if self.recheck:
+            self.counts["rechecked_in_fp32"] = 0
         self.topk = min(topk, len(self.categories))
         for index, loaded in enumerate(self.models):
             # channels_last lets oneDNN / cuDNN pick their fastest convolution kernels.
@@ -40,17 +56,28 @@ class Classifier:
 
     @torch.inference_mode()
     def infer(self, inputs: list[list[torch.Tensor]], _items: list[Prepared]) -> list[dict]:
-        probabilities = sum(self._probabilities(i, [x[i] for x in inputs])
-                            for i in range(len(self.models))) / len(self.models)
+        probabilities = self._ensemble(inputs, self.precision)
+        if self.recheck:
+            top2 = probabilities.topk(2, dim=1).values
+            close = (top2[:, 0] - top2[:, 1] < RECHECK_MARGIN).nonzero().flatten().tolist()
+            if close:
+                probabilities[close] = self._ensemble([inputs[i] for i in close], "fp32")
+                with self._counting:
+                    self.counts["rechecked_in_fp32"] += len(close)
         scores, indices = probabilities.topk(self.topk, dim=1)
         return [self._payload(s.tolist(), k.tolist()) for s, k in zip(scores, indices)]
 
-    def _probabilities(self, model_index: int, views: list[torch.Tensor]) -> torch.Tensor:
+    def _ensemble(self, inputs: list[list[torch.Tensor]], precision: str) -> torch.Tensor:
+        return sum(self._probabilities(i, [x[i] for x in inputs], precision)
+                   for i in range(len(self.models))) / len(self.models)
+
+    def _probabilities(self, model_index: int, views: list[torch.Tensor],
+                       precision: str | None = None) -> torch.Tensor:
         batch = torch.stack(views)
         per_image = batch.shape[1] if self.tta else 1
         batch = batch.flatten(0, 1) if self.tta else batch
         batch = batch.to(self.device, memory_format=torch.channels_last, non_blocking=True)
-        with autocast(self.device, self.precision):
+        with autocast(self.device, precision or self.precision):
             logits = self.models[model_index].module(batch)
         # float64 softmax: scores are reported at full precision, whatever the forward ran in.
         probabilities = logits.double().softmax(dim=1).cpu()
@@ -90,11 +117,13 @@ def load_models(options: ClassifyOptions, offline: bool,
 
 
 def build(options: ClassifyOptions, device: torch.device, offline: bool,
-          warn: Warn) -> tuple[BatchLoop, list[LoadedModel]]:
+          warn: Warn, recheck: bool = False,
+          counts: dict[str, int] | None = None) -> tuple[BatchLoop, list[LoadedModel]]:
     if options.topk < 1:
         raise UsageError(f"invalid --topk {options.topk}; expected at least 1")
     models = load_models(options, offline, warn)
-    classifier = Classifier(models, device, options.precision, options.topk, options.tta)
+    classifier = Classifier(models, device, options.precision, options.topk, options.tta,
+                            recheck, counts)
     loop = BatchLoop.for_options(options, task=TASK, model_name="+".join(m.name for m in models),
                                  prepare=classifier.prepare, infer=classifier.infer,
                                  record_type=ClassifyRecord,

@@ -63,6 +63,7 @@ class Predictor:
         self.warn = warn or python_warning
         self.offline = offline_from_environment() if offline is None else offline
         self.resources = ExitStack()  # the output directory's lock, held until close()
+        self.counts: dict[str, int] = {}  # what the model side counts for run.json
         check_max_pixels(options.max_pixels)
         if options.output_dir is not None and own_output:
             from cvtool.core.ownership import claim_directory
@@ -142,7 +143,9 @@ class Classifier(Predictor):
     def _build(self) -> tuple[Any, Any]:
         from cvtool.inference import classify
 
-        return classify.build(self.options, self.device, self.offline, self.warn)
+        return classify.build(self.options, self.device, self.offline, self.warn,
+                              recheck=self.settings.get("precision_asked") == "auto",
+                              counts=self.counts)
 
 
 class Detector(Predictor):
