@@ -70,15 +70,19 @@ def initialise(module: nn.Module, scheme: str, activation: str = "relu") -> None
     """The notes' weight initialisations; biases start at zero.
 
     small: N(0, 0.01^2), the scores start near 0 (the initial-loss checks rely on it);
-    large: N(0, 1), activations and gradients explode; xavier and kaiming scale by fan-in.
+    large: N(0, 1), activations and gradients explode; xavier and kaiming scale the hidden
+    layers by fan-in and start the score layer (the last) at N(0, 0.01^2) as `small` does:
+    scaled for a ReLU it feeds no ReLU, and its scores would start spread out, the first loss
+    well above log C (2.6-3.9 for 10 classes against 2.30, with batch norm).
     """
     if scheme not in INITS:
         raise ValueError(f"unknown init {scheme!r}; choose from {', '.join(INITS)}")
     gain_name = _GAIN_NAMES[activation]
-    for layer in module.modules():
-        if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            _initialise_weight(layer.weight, scheme, gain_name)
-            nn.init.zeros_(layer.bias)
+    layers = [m for m in module.modules() if isinstance(m, (nn.Linear, nn.Conv2d))]
+    for index, layer in enumerate(layers):
+        score_layer = index == len(layers) - 1 and scheme in ("xavier", "kaiming")
+        _initialise_weight(layer.weight, "small" if score_layer else scheme, gain_name)
+        nn.init.zeros_(layer.bias)
 
 
 def _initialise_weight(weight: torch.Tensor, scheme: str, gain_name: str) -> None:
