@@ -7,7 +7,7 @@ change), and a cvtool checkpoint rebuilds torchvision's `ImageClassification` fr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,7 +33,9 @@ from cvtool.models.loading import (
 )
 from cvtool.models.preprocess import ResizeCropNormalize
 from cvtool.models.registry import ModelSpec, get_spec, resolve_reference
-from cvtool.models.weights import chosen_weights, state_dict_for
+from cvtool.models.resnet import ARCHITECTURES as RESNETS
+from cvtool.models.resnet import preprocessing as resnet_preprocessing
+from cvtool.models.weights import chosen_weights, is_weights_name, state_dict_for
 
 if TYPE_CHECKING:
     from torch import nn
@@ -98,26 +100,41 @@ def _checkpoint_classifier(path: Path, name: str, weights: str) -> LoadedModel:
 
 def _torchvision_classifier(spec: ModelSpec, weights: str, offline: bool,
                             warn: Warn) -> LoadedModel:
-    default = chosen_weights(spec, weights)
-    categories = list(default.meta["categories"])
+    categories, transforms, builder, label = _torchvision_parts(spec, weights)
     if weights == "none":
         warn(f"{spec.name} runs with random weights (--weights none): its labels are meaningless")
-        module = _build_torchvision(spec, default, {}, len(categories))
-        return LoadedModel(
-            spec.name, ready_for_inference(module), categories, default.transforms(), None)
+        module = builder({}, len(categories))
+        return LoadedModel(spec.name, ready_for_inference(module), categories, transforms, None)
 
     path, state = state_dict_for(spec, weights, offline)
-    build = lambda: _build_torchvision(spec, default, state, len(categories))  # noqa: E731
+    build = lambda: builder(state, len(categories))  # noqa: E731
     module = build_on_meta(build) or build()
     num_classes = fitting_num_classes(module, state, len(categories))
     if num_classes != len(categories):
-        warn(f"{path} has {num_classes} classes, not the {len(categories)} of {default!r}: "
+        warn(f"{path} has {num_classes} classes, not the {len(categories)} of {label}: "
              f"labels are class_0..class_{num_classes - 1}")
         categories = [f"class_{index}" for index in range(num_classes)]
-    module = built_and_loaded(lambda: _build_torchvision(spec, default, state, num_classes),
+    module = built_and_loaded(lambda: builder(state, num_classes),
                               state, f"weights file {path}", spec.name)
-    return LoadedModel(
-        spec.name, ready_for_inference(module), categories, default.transforms(), str(path))
+    return LoadedModel(spec.name, ready_for_inference(module), categories, transforms, str(path))
+
+
+def _torchvision_parts(spec: ModelSpec, weights: str) -> tuple[
+        list[str], Any, Callable[[Mapping[str, Any], int], nn.Module], str]:
+    """A torchvision classifier's categories, preprocessing, builder (state, num_classes) and
+    weights' name. The ResNet family comes from cvtool's copy, without importing torchvision
+    (`cvtool.models.resnet`), unless `--weights` names other published weights."""
+    if spec.name in RESNETS and not is_weights_name(weights):
+        import cvtool.models.resnet_net as resnet_net
+        from cvtool.models.efficientnet_lite import imagenet_categories
+
+        return (imagenet_categories(), classification_transforms(resnet_preprocessing(spec.name)),
+                lambda _state, num_classes: resnet_net.build(spec.name, num_classes),
+                str(spec.weights).partition(":")[2])
+    default = chosen_weights(spec, weights)
+    return (list(default.meta["categories"]), default.transforms(),
+            lambda state, num_classes: _build_torchvision(spec, default, state, num_classes),
+            repr(default))
 
 
 def _packaged_classifier(spec: ModelSpec, weights: str, offline: bool,

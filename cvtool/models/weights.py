@@ -22,6 +22,8 @@ from urllib.parse import urlparse
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models.registry import ModelSpec, resolve_reference
+from cvtool.models.resnet import DEFAULT_WEIGHTS as RESNET_WEIGHTS
+from cvtool.models.resnet import default_url as resnet_url
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -44,6 +46,8 @@ def local_weights_path(spec: ModelSpec) -> Path | None:
             return Path(resolve_reference(spec.weights).get_model_file_path())
         except UsageError:
             return None
+    if spec.source == "torchvision" and spec.name in RESNET_WEIGHTS:
+        return url_cache_path(resnet_url(spec.name))  # no torchvision import
     return url_cache_path(resolve_reference(spec.weights).url)
 
 
