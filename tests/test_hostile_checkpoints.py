@@ -135,3 +135,22 @@ def test_unusable_tensors_are_refused_at_load(tmp_path: Path, corrupt, message: 
     result = _run("classify", run, tmp_path)
     assert result.code == 2 and message in result.stderr, result.stderr
     assert result.stdout == ""  # refused at load: no per-input records
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf"), "inf and -inf"])
+def test_one_non_finite_value_is_found_and_huge_finite_ones_pass(bad) -> None:
+    import torch
+
+    from cvtool.core.status import UsageError
+    from cvtool.models.checkpoint import check_tensors
+
+    huge = torch.full((4, 3), 3e38)  # finite, but their sum overflows float32
+    check_tensors({"w": huge}, {"w": huge}, "test")
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        tensor = torch.zeros(1000, dtype=dtype)
+        if bad == "inf and -inf":
+            tensor[3], tensor[900] = float("inf"), float("-inf")
+        else:
+            tensor[517] = bad
+        with pytest.raises(UsageError, match="NaN or infinite"):
+            check_tensors({"w": tensor}, {"w": tensor}, "test")
