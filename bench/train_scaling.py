@@ -28,6 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from classify_throughput import make_weights
 from common import ROOT, machine_line
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -60,15 +61,6 @@ def photo_folder(root: Path, images: int) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             crop.save(folder / f"{index:04d}.jpg", quality=90)
     return root
-
-
-def resnet50_weights(path: Path) -> Path:
-    import torch
-    from torchvision.models import resnet50
-
-    torch.manual_seed(0)
-    torch.save(resnet50().state_dict(), path)
-    return path
 
 
 def train_args(model: str, data: Path, weights: Path | None, args) -> list[str]:
@@ -131,7 +123,8 @@ def main() -> None:
                 data, weights = shapes_data(Path(tmp) / "shapes", args.images), None
             elif model == "resnet50":
                 data = photo_folder(Path(tmp) / "photos", args.images)
-                weights = resnet50_weights(Path(tmp) / "resnet50.pth")
+                weights = Path(tmp) / "resnet50.pth"
+                make_weights("resnet50", weights)
             else:
                 raise SystemExit(f"unknown model {model}: maskrcnn | resnet50")
             base = None
