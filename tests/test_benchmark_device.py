@@ -163,3 +163,15 @@ def test_real_entry_point() -> None:
     assert cvtool("benchmark-device", "--ops", "fft").code == 2
     process = cvtool_process("benchmark-device", "--help")
     assert process.code == 0 and "--fail-below" in process.stdout
+
+
+def test_the_cpu_only_plot_states_the_clock_its_peak_assumes() -> None:
+    from cvtool.bench.peaks import read_cpuinfo
+    from cvtool.bench.plot import _peak_label
+
+    cpu, label = read_cpuinfo(), _peak_label()
+    if cpu.mhz is None:
+        assert label == "% of this CPU's peak"
+    else:
+        assert f"at {cpu.mhz / 1000:.2f} GHz" in label
+        assert ("turbo can pass 100%" in label) == cpu.mhz_source.startswith("/proc")
