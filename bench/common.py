@@ -29,10 +29,11 @@ def machine_line() -> str:
     return f"{cpu.model}, {cores} cores, flags: {flags}; {time.strftime('%Y-%m-%d')}"
 
 
-def shapes_scenes(root: Path, count: int, seed: int = 99) -> Path:
-    """`count` fresh shapes scenes (a seed training never used) under ROOT, COCO val split."""
-    subprocess.run([sys.executable, "-m", "cvtool", "data", "shapes", str(root), "--num", "0",
-                    "--val-num", str(count), "--seed", str(seed), "-q"], check=True,
+def shapes_scenes(root: Path, count: int, seed: int = 99, train: int = 0) -> Path:
+    """`count` fresh shapes scenes (a seed training never used) under ROOT, COCO val split,
+    and `train` more in the train split."""
+    subprocess.run([sys.executable, "-m", "cvtool", "data", "shapes", str(root), "--num",
+                    str(train), "--val-num", str(count), "--seed", str(seed), "-q"], check=True,
                    stdout=subprocess.DEVNULL, cwd=ROOT)
     return root
 

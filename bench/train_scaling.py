@@ -29,17 +29,10 @@ import time
 from pathlib import Path
 
 from classify_throughput import make_weights
-from common import ROOT, machine_line
+from common import ROOT, machine_line, shapes_scenes
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
 VAL_IMAGES = 8
-
-
-def shapes_data(root: Path, images: int) -> Path:
-    subprocess.run([sys.executable, "-m", "cvtool", "data", "shapes", str(root), "--num",
-                    str(images), "--val-num", str(VAL_IMAGES), "--seed", "5", "-q"], check=True,
-                   cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL)
-    return root
 
 
 def photo_folder(root: Path, images: int) -> Path:
@@ -73,8 +66,8 @@ def train_args(model: str, data: Path, weights: Path | None, args) -> list[str]:
             "--no-augment", *common]
 
 
-def images_per_second(model: str, ranks: int, data: Path, weights: Path | None, args,
-                      images: int) -> float:
+def images_per_second(model: str, ranks: int, data: Path, weights: Path | None,
+                      args) -> float:
     with tempfile.TemporaryDirectory() as out:
         command = [sys.executable, "-m", "cvtool", "train", *train_args(model, data, weights, args),
                    "--batch-size", str(args.per_rank_batch * ranks), "-o", str(Path(out) / "run"),
@@ -84,7 +77,7 @@ def images_per_second(model: str, ranks: int, data: Path, weights: Path | None, 
             raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
         rows = [json.loads(line) for line in
                 (Path(out) / "run" / "metrics.jsonl").read_text().splitlines()]
-    return images / statistics.median(row["seconds"] for row in rows[1:] or rows)
+    return args.images / statistics.median(row["seconds"] for row in rows[1:] or rows)
 
 
 def gpu_line(device: str) -> str:
@@ -120,7 +113,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):
             if model == "maskrcnn":
-                data, weights = shapes_data(Path(tmp) / "shapes", args.images), None
+                data = shapes_scenes(Path(tmp) / "shapes", VAL_IMAGES, seed=5, train=args.images)
+                weights = None
             elif model == "resnet50":
                 data = photo_folder(Path(tmp) / "photos", args.images)
                 weights = Path(tmp) / "resnet50.pth"
@@ -130,7 +124,7 @@ def main() -> None:
             base = None
             for count in ranks:
                 started = time.perf_counter()
-                speed = images_per_second(model, count, data, weights, args, args.images)
+                speed = images_per_second(model, count, data, weights, args)
                 base = base or speed
                 ideal = base * (count if args.device != "cpu" else 1)
                 print(f"{model:<10}{count:>6}{speed:>10.2f}{speed / base:>10.2f}"

@@ -7,13 +7,13 @@ an existing non-empty run directory without --resume or --force); 3 device absen
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 import typer
 
+from cvtool.cli import torchrun
 from cvtool.cli.options import Debug, Device, Quiet, Threads
 from cvtool.core.context import Environment, current, finish
 from cvtool.core.status import ExitStatus, UsageError
@@ -108,7 +108,7 @@ def _launch(runner: str, make_config: Callable[[], Any], data: str | None, outpu
 
     Under torchrun, ranks other than 0 log nothing and print no summary; after an elastic
     restart (torchrun --max-restarts), a run directory that holds a started run is resumed."""
-    rank = _torchrun_rank()
+    rank = torchrun.rank()
     env = current(quiet or rank > 0, debug)
     env.mute_warnings = rank > 0
     if nproc_per_node > 1:
@@ -119,8 +119,8 @@ def _launch(runner: str, make_config: Callable[[], Any], data: str | None, outpu
             raise UsageError(f"--batch-size {batch} does not split across {nproc_per_node} "
                              f"ranks; give a multiple of {nproc_per_node} (it is the global "
                              "batch)")
-        finish(_torchrun, env, nproc_per_node)
-    if resume is None and output is not None and _restarted() and \
+        finish(torchrun.launch, env, nproc_per_node)
+    if resume is None and output is not None and torchrun.restarted() and \
             (Path(output) / "config.json").exists():
         resume, output = output, None  # torchrun restarted the group: continue, do not refuse
     if resume is not None:
@@ -140,58 +140,15 @@ def _train_and_print(env: Environment, runner: str, *args: Any) -> int:
 
     module, function = runner.split(":")
     summary = getattr(importlib.import_module(module), function)(env, *args)
-    if _torchrun_rank() <= 0:
+    if torchrun.rank() <= 0:
         env.stdout.write(strict_json(summary) + "\n")
         env.stdout.flush()
-    if _torchrun_rank() >= 0:
+    if torchrun.rank() >= 0:
         from cvtool.train import distributed
 
         distributed.barrier()
         distributed.stop()
     return ExitStatus.SUCCESS
-
-
-def _torchrun_rank() -> int:
-    """This process's RANK under torchrun (any launcher that sets WORLD_SIZE > 1), else -1."""
-    from cvtool.train.world import from_environment
-
-    world = from_environment()
-    return world.rank if world.distributed else -1
-
-
-def _restarted() -> bool:
-    from cvtool.train.world import from_environment
-
-    world = from_environment()
-    return world.distributed and world.restarts > 0
-
-
-def _torchrun(env: Environment, processes: int) -> int:
-    """`torchrun --standalone --nproc_per_node N -m cvtool ARGS` (a free port on this machine),
-    ARGS being this command's own without --nproc-per-node; its exit status is ours."""
-    import subprocess
-    import sys
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={processes}", "-m", "cvtool", *_without_nproc(env.argv)]
-    env.log(f"launching {processes} ranks: torchrun --standalone --nproc_per_node={processes} "
-            "-m cvtool ...")
-    # torchrun would set 1 (and say so); CPU ranks share the machine's cores instead.
-    threads = str(max(1, (os.cpu_count() or 1) // processes))
-    environment = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
-    return subprocess.run(command, stdin=subprocess.DEVNULL, env=environment).returncode
-
-
-def _without_nproc(args: list[str]) -> list[str]:
-    kept, skip = [], False
-    for arg in args:
-        if skip:
-            skip = False
-        elif arg == "--nproc-per-node":
-            skip = True
-        elif not arg.startswith("--nproc-per-node="):
-            kept.append(arg)
-    return kept
 
 
 @train_app.command("classify")
