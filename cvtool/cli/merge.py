@@ -13,7 +13,7 @@ from cvtool.cli.commands import (
     resolve_format,
 )
 from cvtool.core.context import Environment
-from cvtool.core.results import counted
+from cvtool.core.results import counted, one_line
 from cvtool.core.status import UsageError
 
 
@@ -29,7 +29,8 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
     if not directories:
         raise UsageError("give the run directories to merge (written with -o)")
     loaded = [runs.Run(directory) for directory in directories]
-    records = runs.merged(loaded)
+    pairs = runs.merged(loaded)
+    records = [record for _, record in pairs]
     task = loaded[0].info["task"]
     detection = task in ("detect", "segment-instance")
     fmt = resolve_format(env, fmt, DETECTION_FORMATS if detection else RECORD_FORMATS)
@@ -52,7 +53,7 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
     else:
         writer = make_writer(fmt, env.stdout, task, env.no_color)
         if evaluate:
-            metrics = _semantic_evaluation(env, loaded[0].info, gt_masks, records)
+            metrics = _semantic_evaluation(env, loaded[0].info, gt_masks, pairs)
     tally = Tally()
     try:
         for record in records:
@@ -79,12 +80,13 @@ def merge(env: Environment, directories: list[Path], output: Path, *, fmt: str |
 
 
 def _semantic_evaluation(env: Environment, info: dict[str, Any], gt_masks: Path,
-                         records: list[dict[str, Any]]) -> Any:
+                         pairs: list[tuple[Any, dict[str, Any]]]) -> Any:
     """mIoU of the merged masks (read back from each record's mask_path) against --gt-masks,
     computed as one segment-semantic --eval computes it."""
     import numpy as np
     from PIL import Image
 
+    from cvtool.inference.runs import open_artifact
     from cvtool.inference.segment_semantic import Evaluation
     from cvtool.io.masks import GroundTruthMasks
 
@@ -94,8 +96,17 @@ def _semantic_evaluation(env: Environment, info: dict[str, Any], gt_masks: Path,
                          "run segment-semantic --eval over the inputs instead")
     evaluation = Evaluation(GroundTruthMasks(gt_masks), categories,
                             info.get("options", {}).get("ignore_index", 255), env.warn)
-    for record in records:
+    for run, record in pairs:
         if record["ok"] and record.get("mask_path"):
-            with Image.open(record["mask_path"]) as mask:
-                evaluation.add(record["path"], np.asarray(mask))
+            with open_artifact(run, record, "mask_path") as file:
+                try:
+                    with Image.open(file) as mask:
+                        pixels = np.asarray(mask)
+                except (OSError, ValueError, SyntaxError) as error:
+                    raise UsageError(f"{run.directory}: the mask of {record['path']!r} "
+                                     f"cannot be read: {one_line(error)}") from None
+            if pixels.ndim != 2 or pixels.size == 0 or pixels.max() >= len(categories):
+                raise UsageError(f"{run.directory}: the mask of {record['path']!r} is not a "
+                                 f"class-index mask of the run's {len(categories)} classes")
+            evaluation.add(record["path"], pixels)
     return lambda: evaluation.report(env.stderr)

@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover - depends on the installed typer
 
 from cvtool.cli.options import readable_help
 from cvtool.core.context import Environment, StdoutClosed, activated
-from cvtool.core.results import one_line
+from cvtool.core.results import one_line, shown
 from cvtool.core.status import CvtoolError, ExitStatus
 
 # A full disk or quota is the resource-unavailable status, not a bug.
@@ -131,7 +131,7 @@ def _report(env: Environment, message: str) -> None:
     if env.debug and sys.exc_info()[0] is not None:
         traceback.print_exc(file=env.stderr)
     try:
-        print(message, file=env.stderr, flush=True)
+        print(shown(message), file=env.stderr, flush=True)
     except (BrokenPipeError, ValueError):
         pass
 

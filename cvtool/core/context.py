@@ -15,6 +15,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NoReturn
 
+from cvtool.core.results import shown
+
 if TYPE_CHECKING:
     from rich.console import Console
 
@@ -59,13 +61,14 @@ class Environment:
 
     def log(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(shown(message, newlines=True), markup=False, highlight=False)
 
     def warn(self, message: str) -> None:
         """A warning on stderr; `--quiet` keeps stderr for errors alone."""
         if self.mute_warnings or self.quiet:
             return
-        self.console.print(f"warning: {message}", markup=False, style="yellow")
+        self.console.print(f"warning: {shown(message)}", markup=False, highlight=False,
+                           style="yellow")
 
     def own_directory(self, path: Path, what: str) -> None:
         """Create `path` if needed and hold it against other processes until the run ends."""

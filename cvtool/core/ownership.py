@@ -12,11 +12,15 @@ that failed with a usage error leaves no empty directory behind). No torch here.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import socket
+import stat
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from cvtool.core.status import UsageError
@@ -24,6 +28,9 @@ from cvtool.core.status import UsageError
 LOCK_NAME = ".cvtool.lock"
 _ATTEMPTS = 5  # a lock file replaced between open and flock is retried
 _HELD: set[DirectoryClaim] = set()  # this process's claims, closed in forked children
+# Absolute paths of the directories this process writes into (its claims, and a Ray actor's
+# share of the driver's): below them no folder or file is reached through a link.
+_GUARDED: list[str] = []
 
 
 class DirectoryClaim:
@@ -32,11 +39,13 @@ class DirectoryClaim:
     def __init__(self, path: Path, fd: int, created: bool) -> None:
         self.path, self.fd, self.created = path, fd, created
         _HELD.add(self)
+        _GUARDED.append(os.path.abspath(path))
 
     def release(self) -> None:
         _HELD.discard(self)
         if self.fd < 0:
             return
+        _GUARDED.remove(os.path.abspath(self.path))
         # Unlink while still holding the lock: a process that opened the old file finds it
         # replaced once it gets the lock and tries again on the new one.
         (self.path / LOCK_NAME).unlink(missing_ok=True)
@@ -79,7 +88,7 @@ def claim_directory(path: Path, what: str) -> DirectoryClaim:
     path.mkdir(parents=True, exist_ok=True)
     lock = path / LOCK_NAME
     for _ in range(_ATTEMPTS):
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = _open_lock(lock, what)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -92,6 +101,69 @@ def claim_directory(path: Path, what: str) -> DirectoryClaim:
             return DirectoryClaim(path, fd, created)
         os.close(fd)  # the owner released (and removed) it between our open and our flock
     raise UsageError(f"{what} {path}: could not take its lock; is another cvtool starting?")
+
+
+def _open_lock(lock: Path, what: str) -> int:
+    """The lock file, never reached through a link: one planted as `.cvtool.lock -> victim`
+    would have the owner's line written over the victim."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as error:
+        if error.errno not in (errno.ELOOP, errno.ENXIO, errno.EISDIR):
+            raise
+        _refuse_link(str(lock), directory=False)
+        raise UsageError(f"{what} {lock.parent}: its {LOCK_NAME} is not a regular file; "
+                         "remove it") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UsageError(f"{what} {lock.parent}: its {LOCK_NAME} is not a regular file; "
+                         "remove it")
+    return fd
+
+
+@contextmanager
+def guarded(path: Path) -> Iterator[None]:
+    """Write into `path` (another process's claim) with the claim's rule: no links below it."""
+    _GUARDED.append(os.path.abspath(path))
+    try:
+        yield
+    finally:
+        _GUARDED.remove(os.path.abspath(path))
+
+
+def prepare_parent(path: Path) -> None:
+    """Before a file is written at `path`: inside a directory this process writes into, make
+    its missing folders and check that each one, and the file if it exists, is what it seems
+    and no symbolic link (`-o out` with `out/masks -> elsewhere` would write elsewhere).
+    Outside those directories (a path the user named, `-o model.onnx`) nothing is checked."""
+    target = os.path.abspath(path)
+    root = next((root for root in sorted(_GUARDED, key=len, reverse=True)
+                 if target.startswith(root.rstrip(os.sep) + os.sep)), None)
+    if root is None:
+        return
+    current = root
+    for part in os.path.relpath(os.path.dirname(target), root).split(os.sep):
+        if part in ("", "."):
+            continue
+        current = os.path.join(current, part)
+        try:
+            os.mkdir(current)
+        except FileExistsError:
+            _refuse_link(current, directory=True)
+    _refuse_link(target, directory=False)
+
+
+def _refuse_link(path: str, directory: bool) -> None:
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise UsageError(f"{path} is a symbolic link; cvtool never follows links in the "
+                         "directories it owns (remove the link)")
+    if directory and not stat.S_ISDIR(mode):
+        raise UsageError(f"{path} is not a directory; remove it or choose another --output")
 
 
 def require_empty(path: Path, what: str, advice: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -109,6 +110,32 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:  # surrogates that stand for no byte (from JSON escapes)
         raw = text.encode("utf-8", "surrogatepass")
     return raw.decode("utf-8", "replace")
+
+
+# Characters a terminal acts on instead of showing: C0 controls (ESC starts CSI/OSC sequences,
+# BEL, backspace, CR), DEL, C1 controls (0x9b is a one-byte CSI) and the bidirectional overrides
+# that make text read in another order than it is ("Trojan Source").
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def shown(text: str, newlines: bool = False) -> str:
+    """`text` safe to print on a terminal: every control character written out visibly as an
+    escape (`\\n`, `\\x1b`, `\\u202e`, as Python's repr writes them), so a
+    file name or label can neither move the cursor, retitle the window nor clear the screen.
+    With `newlines`, line breaks stay (a multi-line message of cvtool's own)."""
+    text = printable(text)
+    if not _CONTROLS.search(text):
+        return text
+    return _CONTROLS.sub(lambda match: _escape(match.group(), newlines), text)
+
+
+def _escape(char: str, newlines: bool) -> str:
+    if newlines and char == "\n":
+        return char
+    if char in _NAMED:
+        return _NAMED[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
 
 
 def is_finite(value: Any) -> bool:

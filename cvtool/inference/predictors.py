@@ -65,10 +65,11 @@ class Predictor:
         self.resources = ExitStack()  # the output directory's lock, held until close()
         self.counts: dict[str, int] = {}  # what the model side counts for run.json
         check_max_pixels(options.max_pixels)
-        if options.output_dir is not None and own_output:
-            from cvtool.core.ownership import claim_directory
+        if options.output_dir is not None:
+            from cvtool.core.ownership import claim_directory, guarded
 
-            self.resources.enter_context(claim_directory(options.output_dir, "--output"))
+            self.resources.enter_context(claim_directory(options.output_dir, "--output")
+                                         if own_output else guarded(options.output_dir))
         try:
             self.device, self.settings = prepare_device(
                 options.device, options.precision, options.threads, options.seed, self.warn)

@@ -14,20 +14,23 @@ in, and balanced to within a few percent from a few thousand inputs on.
 
 from __future__ import annotations
 
+import base64
 import collections
+import errno
 import hashlib
 import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
-from cvtool.core.files import open_regular
+from cvtool.core import jsonfile
+from cvtool.core.files import NotRegularFile, describe_os_error, open_for_append, open_regular
 from cvtool.core.options import PredictorOptions
 from cvtool.core.results import Record, record_path
 from cvtool.core.status import UsageError
 from cvtool.io.sources import Source
-from cvtool.io.writers import strict_json
+from cvtool.io.writers import CSV_ITEMS, strict_json
 
 RECORDS = "records.jsonl"
 # Beside it, line for line: each record's input's position in the whole (unsharded) listing,
@@ -104,12 +107,8 @@ class RecordsFile:
         # A position is written before its record: a kill between the two leaves one extra.
         _complete_lines(self.positions_path, keep=len(lines), repair=True)
         for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-                path, ok = record_path(record), bool(record["ok"])
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(f"--resume: {self.path} line {number} is not a record; "
-                                 "it was not written by cvtool") from None
+            record = read_record(line, self.path, number, "--resume")
+            path, ok = record_path(record), record["ok"]
             if path not in self.done:
                 self.done.add(path)
                 self.earlier["inputs"] += 1
@@ -127,8 +126,8 @@ class RecordsFile:
 
     def write(self, record: Record) -> None:
         if self.handle is None or self.positions is None:
-            self.positions = open(self.positions_path, "a", encoding="ascii")
-            self.handle = open(self.path, "a", encoding="utf-8")
+            self.positions = _append(self.positions_path)
+            self.handle = _append(self.path)
         self.positions.write(f"{self.queued.popleft()}\n")
         self.positions.flush()
         self.handle.write(strict_json(record.to_dict()) + "\n")
@@ -140,34 +139,79 @@ class RecordsFile:
                 handle.close()
 
 
+def _append(path: Path) -> IO[str]:
+    try:
+        return open_for_append(path)
+    except OSError as error:
+        if error.errno != errno.ELOOP and not isinstance(error, NotRegularFile):
+            raise
+        raise UsageError(f"{path}: {describe_os_error(error)}") from None
+
+
+def read_record(line: str, path: Path, number: int, what: str) -> dict[str, Any]:
+    """Line `number` of a records file read back: a JSON object with the fields every record
+    has, or a UsageError naming the file and line."""
+    try:
+        record = jsonfile.loads(line)
+    except jsonfile.UntrustedJSON as error:
+        raise UsageError(f"{what}: {path} line {number} is not a record: {error}") from None
+    problem = _record_problem(record)
+    if problem:
+        raise UsageError(f"{what}: {path} line {number} is not a cvtool record: {problem}")
+    return record
+
+
+def _record_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    for key, kind in (("path", str), ("task", str), ("model", str), ("ok", bool)):
+        if not isinstance(record.get(key), kind):
+            return f"{key!r} missing or not a {kind.__name__}"
+    if "path_bytes" in record:
+        try:
+            base64.b64decode(record["path_bytes"], validate=True)
+        except (TypeError, ValueError):
+            return "'path_bytes' is not base64"
+    return None
+
+
 def _complete_lines(path: Path, keep: int | None = None, repair: bool = False) -> list[str]:
     """The file's complete lines (at most `keep`); with `repair`, what follows them (a line cut
-    short by a kill) is truncated away."""
-    if not path.exists():
+    short by a kill) is truncated away. The file must be a regular file of the run directory's
+    own (a link there is refused, never followed)."""
+    try:
+        file = open_regular(path, follow=False, write=repair)
+    except FileNotFoundError:
         return []
-    with open_regular(path) as file:
+    except OSError as error:
+        raise UsageError(f"{path}: {describe_os_error(error)}") from None
+    with file:
         data = file.read()
-    lines = data.splitlines(keepends=True)
-    lines = [line for line in lines if line.endswith(b"\n")][:keep]
-    size = sum(map(len, lines))
-    if repair and size != len(data):
-        with open(path, "r+b") as file:
+        lines = data.splitlines(keepends=True)
+        lines = [line for line in lines if line.endswith(b"\n")][:keep]
+        size = sum(map(len, lines))
+        if repair and size != len(data):
             file.truncate(size)
     return [line.decode("utf-8", "replace") for line in lines]
 
 
 def _previous_run(output: Path) -> dict[str, Any] | None:
     path = output / RUN_JSON
-    if not path.exists():
-        return None
     try:
-        with open_regular(path) as file:
-            info = json.loads(file.read())
-        if not isinstance(info, dict):
-            raise ValueError("not a JSON object")
-        return info
-    except (OSError, ValueError) as error:
-        raise UsageError(f"--output {output}: cannot read its {RUN_JSON}: {error}") from None
+        info = jsonfile.read(path, follow=False)
+    except FileNotFoundError:
+        return None
+    except (OSError, jsonfile.UntrustedJSON) as error:
+        reason = describe_os_error(error) if isinstance(error, OSError) else error
+        raise UsageError(f"--output {output}: cannot read its {RUN_JSON}: {reason}") from None
+    if not isinstance(info, dict):
+        raise UsageError(f"--output {output}: its {RUN_JSON} is not a JSON object")
+    for key, kind in (("options", dict), ("task", str)):
+        if not isinstance(info.get(key), kind):
+            raise UsageError(f"--output {output}: its {RUN_JSON} has no {key!r} "
+                             f"{'object' if kind is dict else 'string'}; it was not written "
+                             "by cvtool")
+    return info
 
 
 def _check_same_run(previous: dict[str, Any] | None, task: str, options: dict[str, Any],
@@ -196,6 +240,9 @@ class Run:
         if info is None or not (self.directory / RECORDS).exists():
             raise UsageError(f"{directory} is not a cvtool run directory (no {RUN_JSON} and "
                              f"{RECORDS}); give directories written with -o")
+        if info["task"] not in CSV_ITEMS:
+            raise UsageError(f"{directory}: its {RUN_JSON} names no inference task "
+                             f"({str(info['task'])[:40]!r})")
         self.info = info
         lines = _complete_lines(self.directory / RECORDS)
         positions = _complete_lines(self.directory / POSITIONS)
@@ -204,20 +251,20 @@ class Run:
                              f"{len(lines)} records; finish the run with --resume first")
         self.records: list[tuple[int, dict[str, Any]]] = []
         for number, (position, line) in enumerate(zip(positions, lines), 1):
-            try:
-                self.records.append((int(position), json.loads(line)))
-            except ValueError:
-                raise UsageError(f"{directory}: line {number} of {RECORDS} or {POSITIONS} is "
-                                 "not cvtool's") from None
+            record = read_record(line, self.directory / RECORDS, number, "merge")
+            if not position.strip().isdigit() or len(position) > 20:
+                raise UsageError(f"merge: {self.directory / POSITIONS} line {number} is not a "
+                                 "position")
+            self.records.append((int(position), record))
 
     def same_as(self) -> dict[str, Any]:
         """What runs must share to be merged: the task and the options that decide records."""
         return {"task": self.info.get("task"), **self.info.get("options", {})}
 
 
-def merged(runs: list[Run]) -> list[dict[str, Any]]:
-    """Every run's records in input order; the runs must be of one task with the same options,
-    and no input may have records in two of them."""
+def merged(runs: list[Run]) -> list[tuple[Run, dict[str, Any]]]:
+    """Every run's records in input order, each with its run; the runs must be of one task
+    with the same options, and no input may have records in two of them."""
     first = runs[0].same_as()
     for run in runs[1:]:
         other = run.same_as()
@@ -229,7 +276,7 @@ def merged(runs: list[Run]) -> list[dict[str, Any]]:
             raise UsageError(f"cannot merge runs made with different options: "
                              f"{'; '.join(differences)}")
     owner: dict[str, Path] = {}
-    ordered: list[tuple[int, int, dict[str, Any]]] = []
+    ordered: list[tuple[int, int, Run, dict[str, Any]]] = []
     for number, run in enumerate(runs):
         for position, record in run.records:
             path = record_path(record)
@@ -237,7 +284,31 @@ def merged(runs: list[Run]) -> list[dict[str, Any]]:
                 raise UsageError(f"{record.get('path')} has records in both {owner[path]} and "
                                  f"{run.directory}; merge disjoint runs (shards of one run)")
             owner[path] = run.directory
-            ordered.append((position, number, record))
+            ordered.append((position, number, run, record))
     ordered.sort(key=lambda item: item[:2])
-    return [record for _, _, record in ordered]
+    return [(run, record) for _, _, run, record in ordered]
 
+
+def open_artifact(run: Run, record: dict[str, Any], key: str) -> BinaryIO:
+    """The file a record of `run` names under `key` (a mask_path), opened for reading: it must
+    be a regular file inside that run directory (the path as written, else its tail below
+    the run directory, which may have moved since), else a UsageError naming the record. A
+    tampered record pointing at /etc/passwd or a FIFO never gets opened."""
+    value = record.get(key)
+    where = f"{run.directory / RECORDS}: the record of {record.get('path')!r}"
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise UsageError(f"{where} has no usable {key}")
+    root = os.path.realpath(run.directory)
+    parts = Path(value).parts
+    candidates = [value, *(os.path.join(run.directory, *parts[first:])
+                           for first in range(1 if os.path.isabs(value) else 0, len(parts)))]
+    for candidate in candidates:
+        real = os.path.realpath(candidate)
+        if os.path.commonpath([root, real]) == root and os.path.lexists(real):
+            try:
+                return open_regular(real, follow=False)
+            except OSError as error:
+                raise UsageError(f"{where}: its {key} {value}: {describe_os_error(error)}") \
+                    from None
+    raise UsageError(f"{where}: its {key} {value!r} is not a file inside the run directory "
+                     f"{run.directory}")

@@ -23,7 +23,7 @@ from cvtool.core.confusion import ConfusionMatrix
 from cvtool.core.context import Warn
 from cvtool.core.device import autocast
 from cvtool.core.options import SegmentOptions
-from cvtool.core.results import InputError, InputFailure
+from cvtool.core.results import InputError, InputFailure, shown
 from cvtool.core.status import UsageError
 from cvtool.inference.pipeline import BatchLoop, Output, Prepared
 from cvtool.inference.records import SemanticRecord
@@ -88,7 +88,8 @@ class Evaluation:
               f"{metrics['pixels']} pixels, ignore index {self.ignore_index})", file=stream)
         for row in metrics["per_class"]:
             if row["true_pixels"] or row["predicted_pixels"]:
-                print(f"  {row['index']:>3} {row['label']:<24} IoU {_figure(row['iou'])}  "
+                label = shown(row["label"])
+                print(f"  {row['index']:>3} {label:<24} IoU {_figure(row['iou'])}  "
                       f"true {row['true_pixels']}  predicted {row['predicted_pixels']}",
                       file=stream)
         stream.flush()

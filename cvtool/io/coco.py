@@ -16,12 +16,13 @@ from typing import IO, Any
 
 import numpy as np
 
+from cvtool.core import jsonfile
 from cvtool.core.context import Warn
-from cvtool.core.files import read_regular_text
 from cvtool.core.results import Record
 from cvtool.core.status import UsageError
 from cvtool.io.matching import TailIndex
 
+MAX_COCO_BYTES = 4 << 30  # COCO 2017 train instances: 448 MB
 MAX_CATEGORY_ID = 100_000
 
 STAT_NAMES = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large",
@@ -47,8 +48,8 @@ def load_ground_truth(path: Path, warn: Warn, evaluating: bool = True) -> dict[s
     """A COCO instances file, checked: fatal problems are one-line UsageErrors, while unusable
     annotations (unknown image, bad box) are skipped with one warning saying how many."""
     try:
-        data = json.loads(read_regular_text(path))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        data = jsonfile.read(path, MAX_COCO_BYTES)
+    except (OSError, jsonfile.UntrustedJSON) as error:
         raise UsageError(f"cannot read --gt {path}: {' '.join(str(error).split())}") from None
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise UsageError(f"{path} is not a COCO file: no \"images\" list")

@@ -9,7 +9,7 @@ is loaded.
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import os
 import stat
 import sys
@@ -144,18 +144,78 @@ def expand_spec(spec: str, named: bool = True) -> Iterator[Source]:
 
 
 def _expand_glob(pattern: str) -> Iterator[Source]:
-    matches = sorted(glob.glob(pattern, recursive=True))
-    if not matches:
-        yield Source(pattern, InputError("FileNotFoundError", "no file matches this pattern"))
-        return
-    # Matches behave like shell-expanded arguments; `dir/**` also matches every folder below dir,
-    # so a path reached through two matches is used once.
+    """The matches of `pattern`, streamed as they are found (each folder's entries sorted by
+    name, depth-first), expanded like shell-expanded arguments."""
+    # `dir/**` also matches every folder below dir, so a path reached twice is used once.
     seen: set[str] = set()
-    for match in matches:
+    matched = False
+    for match in _glob(pattern.startswith(os.sep) and os.sep or "",
+                       [part for part in pattern.split(os.sep) if part], set()):
+        matched = True
         for source in expand_spec(match, named=False):
             if source.path not in seen:
                 seen.add(source.path)
                 yield source
+    if not matched:
+        yield Source(pattern, InputError("FileNotFoundError", "no file matches this pattern"))
+
+
+def _glob(base: str, parts: list[str], visited: set[tuple[int, int, int]]) -> Iterator[str]:
+    """glob.glob's matches (`**` recursive, hidden names only for a pattern starting with a
+    dot), but lazily, and through a folder reached again by a link (a loop, or two links to
+    one folder) only once per pattern position: a link loop ends instead of growing for ever."""
+    part, rest = parts[0], parts[1:]
+    if part == "**":
+        try:
+            identity = (*_identity(base or os.curdir), len(parts))
+        except OSError:
+            return
+        if identity in visited:
+            return
+        visited.add(identity)
+        if rest:
+            yield from _glob(base, rest, visited)
+        else:
+            yield os.path.join(base, "")
+        for entry in _entries(base, hidden=False):
+            if _is_dir(entry):
+                yield from _glob(entry.path, parts, visited)
+            elif not rest:
+                yield entry.path
+    elif not _GLOB_MAGIC & set(part):
+        path = os.path.join(base, part)
+        if rest and os.path.isdir(path):
+            yield from _glob(path, rest, visited)
+        elif not rest and os.path.lexists(path):
+            yield path
+    else:
+        for entry in _entries(base, hidden=part.startswith(".")):
+            if fnmatch.fnmatchcase(entry.name, part):
+                if not rest:
+                    yield entry.path
+                elif _is_dir(entry):
+                    yield from _glob(entry.path, rest, visited)
+
+
+def _entries(directory: str, hidden: bool) -> list[Any]:
+    try:
+        with os.scandir(directory or os.curdir) as scan:
+            found = [entry for entry in scan if hidden or not entry.name.startswith(".")]
+    except OSError:  # unreadable or gone: no matches there, as glob has it
+        return []
+    if not directory:  # scandir(".") names entries ./NAME; glob names them NAME
+        found = [_Relative(entry) for entry in found]
+    return sorted(found, key=_name)
+
+
+class _Relative:
+    """A DirEntry of the current directory, named as glob names it (no leading ./)."""
+
+    def __init__(self, entry: os.DirEntry[str]) -> None:
+        self.entry, self.name, self.path = entry, entry.name, entry.name
+
+    def is_dir(self) -> bool:
+        return self.entry.is_dir()
 
 
 def walk_directory(top: str) -> Iterator[Source]:

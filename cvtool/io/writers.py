@@ -18,7 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from cvtool.core.results import Record, printable
+from cvtool.core.ownership import prepare_parent
+from cvtool.core.results import Record, printable, shown
 
 RECORD_FORMATS = ("table", "jsonl", "csv", "coco")
 WRITER_NICENESS = 10  # artifact writer threads, relative to the process
@@ -103,12 +104,17 @@ class TableWriter:
         self.table = Table("path", "size", "result", box=None, header_style="bold")
 
     def write(self, record: Record) -> None:
+        from rich.text import Text
+
         size = f"{record.width}x{record.height}" if record.width else ""
-        self.table.add_row(printable(record.path), size, printable(self._summary(record)))
+        if record.error is not None:  # Text, never markup: a name may hold `[/]` or `[link=`
+            summary = Text.assemble(("error", "red"),
+                                    shown(f" {record.error.type}: {record.error.message}"))
+        else:
+            summary = Text(shown(self._summary(record)))
+        self.table.add_row(Text(shown(record.path)), size, summary)
 
     def _summary(self, record: Record) -> str:
-        if record.error is not None:
-            return f"[red]error[/red] {record.error.type}: {record.error.message}"
         items = record.payload.get(self.items_key, [])
         if self.items_key == "classes":  # semantic: the largest classes' share of the image
             shown = ", ".join(f"{item['label']} {item['fraction']:.1%}"
@@ -253,6 +259,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     half a file, and a failure leaves the old file (or none) in place. The temp file exists,
     empty, made as open() would make it (mode 0666 less the umask)."""
     path = Path(path)
+    prepare_parent(path)
     tmp = _temp_file(path)
     try:
         yield tmp
@@ -335,7 +342,9 @@ def write_rows(stream: IO[str], rows: list[dict[str, Any]], fmt: str,
     stream.flush()
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Any:
+    from rich.text import Text
+
     if isinstance(value, bool):
         return "yes" if value else "no"
-    return "" if value is None else str(value)
+    return Text("" if value is None else shown(str(value)))

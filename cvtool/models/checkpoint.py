@@ -23,7 +23,6 @@ elsewhere cannot run code or make cvtool allocate more than its tensors hold.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import OrderedDict
@@ -31,7 +30,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.core.files import read_regular_text
+from cvtool.core import jsonfile
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
 from cvtool.io.writers import atomic_open, atomic_path, strict_json
@@ -229,8 +228,8 @@ def _read_meta(sidecar: Path) -> dict:
         raise UsageError(f"checkpoint sidecar {sidecar} is missing; "
                          f"a cvtool checkpoint needs both files")
     try:
-        meta = json.loads(read_regular_text(sidecar))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        meta = jsonfile.read(sidecar)
+    except (OSError, jsonfile.UntrustedJSON) as error:
         raise UsageError(f"cannot read checkpoint sidecar {sidecar}: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UsageError(f"{sidecar} is not a cvtool checkpoint sidecar "

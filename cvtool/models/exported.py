@@ -25,10 +25,10 @@ not fit before anything is built from it. No torch, no runtime here.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
+from cvtool.core import jsonfile
 from cvtool.core.status import ResourceUnavailable, UsageError
 
 FORMAT = "cvtool-export"
@@ -71,8 +71,8 @@ def checked_metadata(text: str | None, source: str) -> dict[str, Any]:
     if len(text) > MAX_METADATA_CHARS:
         raise UsageError(f"{source}: its cvtool metadata is over {MAX_METADATA_CHARS} characters")
     try:
-        meta = json.loads(text)
-    except json.JSONDecodeError as error:
+        meta = jsonfile.loads(text)
+    except jsonfile.UntrustedJSON as error:
         raise UsageError(f"{source}: its cvtool metadata is not JSON ({error})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise UsageError(f"{source}: its metadata is not a cvtool export's "

@@ -8,14 +8,13 @@ hand them here.
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
+from cvtool.core import jsonfile
 from cvtool.core.context import Environment
-from cvtool.core.files import read_regular_text
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
 from cvtool.core.versions import versions
@@ -69,11 +68,11 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
     """The run's own config; `changes` may only raise `epochs` (the schedule then spans the new
     total from the next epoch on), which config.json keeps for later resumes."""
     try:
-        saved = json.loads(read_regular_text(run_dir / CONFIG))
+        saved = jsonfile.read(run_dir / CONFIG)
         if not isinstance(saved, dict):
             raise UsageError("it is not a JSON object")
         config = config_type.from_dict(saved.get("config"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, UsageError) as error:
+    except (OSError, jsonfile.UntrustedJSON, UsageError) as error:
         reason = error.message if isinstance(error, UsageError) else one_line(error)
         raise UsageError(f"--resume {run_dir}: cannot use its {CONFIG}: {reason}") from None
     if changes and changes.get("epochs") not in (None, config.epochs):
