@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cvtool.bench.runner import BenchResult
+from cvtool.core.mpl import prepare_matplotlib
 from cvtool.io.writers import write_bytes
 
 
@@ -54,6 +55,7 @@ def _peak_label() -> str:
 
 def write_plot(results: list[BenchResult], path: Path, title: str) -> None:
     # Figure without pyplot: no global backend state, no display needed.
+    prepare_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

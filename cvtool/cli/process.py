@@ -19,6 +19,7 @@ try:  # recent typer releases vendor click; older ones raise click's own excepti
 except ImportError:  # pragma: no cover - depends on the installed typer
     from click import ClickException as ClickUsageProblem
 
+from cvtool.cli import torchrun
 from cvtool.cli.options import readable_help
 from cvtool.core.context import Environment, StdoutClosed, activated
 from cvtool.core.results import one_line, shown
@@ -26,16 +27,49 @@ from cvtool.core.status import CvtoolError, ExitStatus
 
 # A full disk or quota is the resource-unavailable status, not a bug.
 RESOURCE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# So is a place cvtool may not write: a read-only file system, a folder it lacks rights to.
+# (Inputs that cannot be read are error records; what reaches here is a write or a create.)
+REFUSED_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def main(app: typer.Typer, argv: list[str] | None = None) -> None:
-    status = run_cli(app, argv)
+    closed = _fill_closed_streams()
+    if "stdout" in closed:
+        # Records would go nowhere (or, were fd 1 reused by a file cvtool opens, into it).
+        _report(Environment(), "error: standard output is closed; redirect it to a file or "
+                               "to /dev/null instead (>/dev/null)")
+        sys.exit(ExitStatus.UNAVAILABLE)
+    env = Environment(debug=os.environ.get("CVTOOL_DEBUG", "") not in ("", "0"))
+    status = run_cli(app, argv, env)
+    if torchrun.launched():
+        torchrun.report(status, env.last_error, env.lost_peers)
     if status in (ExitStatus.INTERRUPTED, ExitStatus.BROKEN_PIPE):
         # Reader and decoding threads may still be blocked (stdin, a pipe); finalising the
         # interpreter around them can abort the process. Every record is already flushed.
         _flush_quietly()
         os._exit(status)
     sys.exit(status)
+
+
+def _fill_closed_streams() -> set[str]:
+    """Put /dev/null where the process was started with fd 0, 1 or 2 closed (`2>&-`), so no
+    file cvtool opens later takes that number (torch's C++ warnings would land in a lock file
+    or records.jsonl), and give Python a stream there: with sys.stderr None, rich falls back
+    to stdout and the summary line would land among the records. Returns the closed ones."""
+    closed = set()
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            closed.add(name)
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        stream = open(fd, "r" if fd == 0 else "w", closefd=False)  # noqa: SIM115 - the process's
+        setattr(sys, name, stream)
+    return closed
 
 
 def _flush_quietly() -> None:
@@ -73,6 +107,10 @@ def run_cli(app: typer.Typer, argv: list[str] | None = None,
         _report(env, f"error: {exc.message}")
         return exc.status
     except OSError as exc:
+        if exc.errno in REFUSED_ERRNOS:
+            where = exc.filename or "standard output"
+            _report(env, f"error: cannot write {where}: {os.strerror(exc.errno).lower()}")
+            return ExitStatus.UNAVAILABLE
         if exc.errno not in RESOURCE_ERRNOS:
             return _internal_error(env, exc)
         if exc.filename is None and env.stdout is sys.stdout:
@@ -82,7 +120,23 @@ def run_cli(app: typer.Typer, argv: list[str] | None = None,
                      "half-written (training continues with --resume once there is room)")
         return ExitStatus.UNAVAILABLE
     except Exception as exc:  # noqa: BLE001 - a bug: say so in one line unless --debug
+        if _lost_peers(exc):
+            env.lost_peers = True
+            _report(env, "error: lost the other training ranks (one of them failed or was "
+                         "stopped); its own error says why")
+            return ExitStatus.UNAVAILABLE
         return _internal_error(env, exc)
+
+
+def _lost_peers(exc: BaseException) -> bool:
+    """A collective that failed because a peer rank went away (gloo, NCCL, the store)."""
+    if os.environ.get("RANK") is None:
+        return False
+    names = {kind.__name__ for kind in type(exc).__mro__}
+    text = str(exc).lower()
+    return bool(names & {"DistBackendError", "DistNetworkError", "DistStoreError"}) or any(
+        phrase in text for phrase in ("closed by peer", "reset by peer", "connection refused",
+                                      "broken pipe"))
 
 
 def _internal_error(env: Environment, exc: BaseException) -> int:
@@ -130,6 +184,9 @@ def usage_line(exc: BaseException) -> str:
 def _report(env: Environment, message: str) -> None:
     if env.debug and sys.exc_info()[0] is not None:
         traceback.print_exc(file=env.stderr)
+    env.last_error = message
+    if torchrun.launched():
+        return  # cvtool's launcher says it, once for all ranks
     try:
         print(shown(message), file=env.stderr, flush=True)
     except (BrokenPipeError, ValueError):

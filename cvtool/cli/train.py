@@ -30,7 +30,9 @@ Output = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="The run directory (new or empty, unless --force).",
     show_default=False)]
 Resume = Annotated[Optional[Path], typer.Option(
-    help="Continue the run in RUN_DIR with its own config.json.", show_default=False)]
+    help="Continue the run in RUN_DIR with its own config.json: --epochs may extend it and "
+    "--device, --threads, --workers change how it runs; any other option that differs from "
+    "the run's is refused.", show_default=False)]
 Force = Annotated[bool, typer.Option(help="Train into a non-empty --output directory.")]
 Loss = Annotated[str, typer.Option(help="ce (softmax) | svm (multiclass hinge).")]
 Depth = Annotated[int, typer.Option(help="mlp: hidden layers; cnn: conv layers.")]
@@ -103,7 +105,9 @@ def _launch(runner: str, make_config: Callable[[], Any], data: str | None, outpu
             debug: bool, epochs: int | None = None, nproc_per_node: int = 1) -> None:
     """Every `train TASK`: a new run needs --data and --output (its settings from the options);
     --resume RUN_DIR takes every setting from RUN_DIR/config.json, except that --epochs may
-    extend it. `runner` ("module:function") is imported only now, so --help and option errors
+    extend it and the device, threads and workers may change; any other option given that
+    differs from the run's is a UsageError listing them. `runner` ("module:function") is
+    imported only now, so --help and option errors
     never import torch. `--nproc-per-node N` > 1 runs this same command under torchrun.
 
     Under torchrun, ranks other than 0 log nothing and print no summary; after an elastic
@@ -124,13 +128,31 @@ def _launch(runner: str, make_config: Callable[[], Any], data: str | None, outpu
             (Path(output) / "config.json").exists():
         resume, output = output, None  # torchrun restarted the group: continue, do not refuse
     if resume is not None:
-        run_dir, config = resume, ({"epochs": epochs} if epochs is not None else None)
+        run_dir, config = resume, {"epochs": epochs, "given": given_settings()}
     elif data is None or output is None:
         raise UsageError("give --data and --output for a new run, or --resume RUN_DIR")
     else:
         run_dir, config = output, make_config()
     finish(_train_and_print, env, runner, config, run_dir, resume is not None, force, device,
            threads)
+
+
+# What --resume may be given besides the run: how it runs, and --epochs to extend it.
+RESUME_MAY_CHANGE = frozenset({"resume", "output", "epochs", "device", "threads", "workers",
+                               "quiet", "debug", "nproc_per_node", "force"})
+
+
+def given_settings() -> dict[str, Any]:
+    """The training options typed on this command line (not left at their defaults) that a
+    --resume takes from the run instead: the run refuses them where they differ."""
+    core = importlib.import_module(typer.Context.__mro__[1].__module__)  # click's, or typer's
+    context = importlib.import_module(core.__name__.rsplit(".", 1)[0] + ".globals") \
+        .get_current_context(silent=True)
+    if context is None:
+        return {}
+    return {name: value for name, value in context.params.items()
+            if name not in RESUME_MAY_CHANGE
+            and context.get_parameter_source(name) == core.ParameterSource.COMMANDLINE}
 
 
 def _train_and_print(env: Environment, runner: str, *args: Any) -> int:

@@ -34,6 +34,8 @@ class Environment:
     debug: bool = False
     # What the run holds until it ends (output directory locks), released by `activated`.
     resources: ExitStack = field(default_factory=ExitStack)
+    last_error: str | None = None  # the one-line error the run ended with, if any
+    lost_peers: bool = False  # a training rank that stopped because another rank failed
 
     @property
     def stdout_isatty(self) -> bool:
@@ -102,9 +104,23 @@ class Environment:
         return progress
 
 
+OFFLINE_FALSE = frozenset({"", "0", "false", "no", "off", "n", "f"})
+
+
 def offline_from_environment() -> bool:
-    """CVTOOL_OFFLINE=1: never download weights (a set, non-empty value other than 0)."""
-    return os.environ.get("CVTOOL_OFFLINE", "") not in ("", "0")
+    """CVTOOL_OFFLINE=1: never download weights. Unset, empty, or one of the usual spellings
+    of false (`0`, `false`, `no`, `off`, any case, spaces around) means online; any other
+    value offline, the safe reading of a value cvtool does not know."""
+    return os.environ.get("CVTOOL_OFFLINE", "").strip().lower() not in OFFLINE_FALSE
+
+
+def offline_reason() -> str:
+    """What the offline messages say forbade the download, with the value as read."""
+    if not offline_from_environment():  # the Python API's offline=True
+        return "offline=True forbids downloading"
+    value = os.environ["CVTOOL_OFFLINE"]
+    shown_value = value if value.strip() == value else repr(value)
+    return f"CVTOOL_OFFLINE={shown_value} forbids downloading"
 
 
 _active: list[Environment] = []  # the Environment of each run in progress, innermost last
@@ -138,11 +154,28 @@ def finish(body: Callable[..., int], *args: Any, **kwargs: Any) -> NoReturn:
     import typer
 
     try:
-        status = body(*args, **kwargs)
+        with _records_only_on_stdout(current()):
+            status = body(*args, **kwargs)
     except BrokenPipeError as exc:
         # Click would turn EPIPE into a bare `exit 1`; run_cli decides instead.
         raise StdoutClosed() from exc
     raise typer.Exit(int(status))
+
+
+@contextmanager
+def _records_only_on_stdout(env: Environment) -> Iterator[None]:
+    """While a command runs, what libraries print to `sys.stdout` (Ray's raylet and worker
+    messages, a stray print) goes to stderr: stdout carries the command's own data, which it
+    writes through `env.stdout`, the stream sys.stdout was when the run began."""
+    saved = sys.stdout
+    if env.stdout is not saved or sys.stderr is None:
+        yield  # a caller's own streams (tests, the Python API): nothing to keep apart
+        return
+    sys.stdout = sys.stderr
+    try:
+        yield
+    finally:
+        sys.stdout = saved
 
 
 def _isatty(stream: IO) -> bool:

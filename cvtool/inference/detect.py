@@ -15,6 +15,7 @@ import torch
 from cvtool.core.context import Warn
 from cvtool.core.device import autocast
 from cvtool.core.options import DetectOptions
+from cvtool.core.results import InputError, is_finite
 from cvtool.core.status import UsageError
 from cvtool.inference.pipeline import BatchLoop, Prepared
 from cvtool.inference.records import DetectionRecord
@@ -47,13 +48,16 @@ class Detector:
         batch = [tensor.to(self.device, non_blocking=True) for tensor in inputs]
         with autocast(self.device, self.options.precision):
             outputs = self.loaded.module(batch)
-        return [{"detections": self._detections(output)} for output in outputs]
+        # An export's impossible outputs for one image are that image's error (runtimes.py).
+        return [output if isinstance(output, InputError)
+                else {"detections": self._detections(output)} for output in outputs]
 
-    def finish(self, payloads: list[dict], items: list[Prepared]) -> list[dict]:
+    def finish(self, payloads: list[Any], items: list[Prepared]) -> list[Any]:
         """Artifacts, queued in input order from the thread that yields the records."""
         if self.artifacts is not None:
             for item, payload in zip(items, payloads):
-                self.artifacts.save(item.path, item.image, payload["detections"])
+                if isinstance(payload, dict) and is_finite(payload):
+                    self.artifacts.save(item.path, item.image, payload["detections"])
         return payloads
 
     def _detections(self, output: dict[str, torch.Tensor]) -> list[dict[str, Any]]:

@@ -99,7 +99,9 @@ class TableWriter:
         from rich.console import Console
         from rich.table import Table
 
-        self.console = Console(file=stream, no_color=no_color, highlight=False)
+        # Into a file or pipe, rows stay whole lines instead of wrapping at 80 columns.
+        width = None if getattr(stream, "isatty", lambda: False)() else 1000
+        self.console = Console(file=stream, no_color=no_color, highlight=False, width=width)
         self.items_key = CSV_ITEMS[task][0]
         self.table = Table("path", "size", "result", box=None, header_style="bold")
 

@@ -22,7 +22,7 @@ import torch
 
 from cvtool.core.context import Warn
 from cvtool.core.files import open_regular
-from cvtool.core.results import one_line
+from cvtool.core.results import InputError, one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models.exported import (
     METADATA_KEY,
@@ -142,7 +142,10 @@ class RuntimeModule:
     graph's first output as a tensor; a graph exported for batch 1 runs image by image.
     detect, segment-instance: called with a list of (3, H, W) images, returns one dict per image
     (boxes, labels, scores, masks, as torchvision's detectors do). Rows scoring at or under the
-    detector's own score threshold are dropped, as eager PyTorch never returns them.
+    detector's own score threshold are dropped, as eager PyTorch never returns them. An image
+    whose outputs no detector could give (a NaN or inverted box, one far outside the image, a
+    label that is no category or no integer, masks of another size than the image) comes back
+    as an InputError for its record: a tampered graph never reaches the writers.
     """
 
     def __init__(self, engine: OnnxEngine | OpenVinoEngine, meta: dict[str, Any],
@@ -188,7 +191,7 @@ class RuntimeModule:
         return output.shape[1] == classes or (self.meta["task"] == "segment-semantic"
                                               and output.shape[1] == 1 and classes == 2)
 
-    def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _detect(self, image: torch.Tensor) -> dict[str, torch.Tensor] | InputError:
         outputs = dict(zip(self.meta["outputs"], self._run(_array(image))))
         count = len(outputs["scores"])
         self._expect(outputs["boxes"].shape == (count, 4) and outputs["labels"].shape == (count,)
@@ -196,8 +199,12 @@ class RuntimeModule:
                          outputs["masks"].ndim == 4 and len(outputs["masks"]) == count)),
                      outputs["boxes"])
         keep = outputs["scores"] > self.meta["detection"]["score_thresh"]
-        return {name: torch.from_numpy(np.ascontiguousarray(value[keep]))
-                for name, value in outputs.items()}
+        kept = {name: np.ascontiguousarray(value[keep]) for name, value in outputs.items()}
+        if problem := _detection_problem(kept, image.shape[-2:], len(self.meta["categories"])):
+            return InputError("InvalidModelOutput", f"{self.source} gave {problem}; no "
+                              "detector does, so its graph is not what its metadata says")
+        kept["labels"] = kept["labels"].astype(np.int64)
+        return {name: torch.from_numpy(value) for name, value in kept.items()}
 
     def _run(self, array: np.ndarray) -> list[np.ndarray]:
         try:
@@ -213,6 +220,28 @@ class RuntimeModule:
                              f"does not fit its {self.meta['task']} metadata")
 
 
+def _detection_problem(outputs: dict[str, np.ndarray], size: Any, classes: int) -> str | None:
+    """What makes one image's kept detections impossible, or None. Boxes may pass the image's
+    edge by 1% (resizing back to the input's size rounds), no more: eager detectors clip."""
+    height, width = int(size[0]), int(size[1])
+    boxes, labels, scores = outputs["boxes"], outputs["labels"], outputs["scores"]
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        return "a box or score that is NaN or infinite"
+    slack = 1 + 0.01 * max(height, width)
+    if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        return "an inverted box (x2 < x1 or y2 < y1)"
+    if (boxes.min(initial=0) < -slack or boxes[:, 0::2].max(initial=0) > width + slack
+            or boxes[:, 1::2].max(initial=0) > height + slack):
+        return f"a box outside the {width}x{height} image"
+    if not (np.isfinite(labels).all() and (labels == np.round(labels)).all()
+            and ((labels >= 0) & (labels < classes)).all()):
+        return f"a label that is not one of the {classes} category indices"
+    masks = outputs.get("masks")
+    if masks is not None and len(masks) and masks.shape[1:] != (1, height, width):
+        return (f"masks of {masks.shape[-1]}x{masks.shape[-2]} for a {width}x{height} image")
+    return None
+
+
 def _array(tensor: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to("cpu", torch.float32).numpy())
 
@@ -223,12 +252,51 @@ def open_engine(model: str) -> tuple[OnnxEngine | OpenVinoEngine, Path]:
     path = Path(model)
     require(fmt)  # a missing runtime is exit 3 before anything is read
     if fmt == "onnx":
-        return OnnxEngine(read_file(path), model), path
+        data = read_file(path)
+        refuse_external_data(data, model)
+        return OnnxEngine(data, model), path
     xml = path / OPENVINO_FILE if path.is_dir() else path
     weights = xml.with_suffix(".bin")
     if not weights.is_file():
         raise UsageError(f"{xml} needs its weights file {weights.name} beside it")
     return OpenVinoEngine(read_openvino(read_file(xml), read_file(weights), model), model), weights
+
+
+def refuse_external_data(data: bytes, source: str) -> None:
+    """An ONNX graph whose tensors live in other files is refused (UsageError): ONNX Runtime
+    would read each `location` relative to the current directory, wherever it points. Only a
+    file that mentions the word is parsed to look (cvtool's exports never hold it)."""
+    if b"location" not in data:
+        return
+    import onnx
+
+    try:
+        graph = onnx.load_model_from_string(data).graph  # reads no other file
+    except Exception as error:  # noqa: BLE001 - protobuf's DecodeError and kin
+        raise UsageError(f"{source} is not an ONNX model: {one_line(error)[:200]}") from None
+    for tensor in _tensors(graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            where = next((entry.value for entry in tensor.external_data
+                          if entry.key == "location"), "?")
+            raise UsageError(f"{source} keeps tensor {tensor.name!r} in an external file "
+                             f"({where!r}); cvtool runs only self-contained ONNX files and "
+                             "never reads another file an ONNX file names")
+
+
+def _tensors(graph: Any) -> Any:
+    """Every tensor in an ONNX graph: initializers, constants in node attributes, subgraphs."""
+    yield from graph.initializer
+    for sparse in graph.sparse_initializer:
+        yield from (sparse.values, sparse.indices)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            if attribute.HasField("g"):
+                yield from _tensors(attribute.g)
+            for subgraph in attribute.graphs:
+                yield from _tensors(subgraph)
 
 
 def read_openvino(xml: bytes, weights: bytes, source: str) -> Any:
@@ -282,7 +350,11 @@ def _side(layout: dict[str, Any], key: str, source: str) -> int:
 
 
 def _score_thresh(meta: dict[str, Any], source: str) -> None:
-    value = (meta.get("detection") or {}).get("score_thresh")
+    detection = meta.get("detection")
+    if not isinstance(detection, dict):
+        raise UsageError(f"{source}: its metadata's \"detection\" must be an object with a "
+                         "score_thresh")
+    value = detection.get("score_thresh")
     if not isinstance(value, (int, float)) or not 0 <= value < 1:
         raise UsageError(f"{source}: detection score_thresh must be a number in [0, 1)")
     needed = {"boxes", "labels", "scores"} | ({"masks"} if meta["task"] == "segment-instance"

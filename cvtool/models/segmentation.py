@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.core.context import Warn
+from cvtool.core.context import Warn, offline_reason
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models.checkpoint import (
@@ -307,7 +307,7 @@ def fetch_pretrained(fetch: Callable[[], Any], spec: ModelSpec, encoder: str,
     except KeyError as error:
         raise UsageError(f"encoder {encoder}: {one_line(error)}") from None
     except OSError as error:  # huggingface_hub's errors: not cached, offline, HTTP, connection
-        reason = ("CVTOOL_OFFLINE=1 forbids downloading" if offline else no_network or
+        reason = (offline_reason() if offline else no_network or
                   f"the download failed ({type(error).__name__}: {one_line(error, 160)})")
         raise ResourceUnavailable(
             f"ImageNet weights of encoder {encoder} are not in the Hugging Face cache and "

@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvtool.core.context import offline_reason
 from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models.registry import TIMM_NAME as _NAME
 from cvtool.models.registry import TIMM_PREFIX as PREFIX
@@ -203,7 +204,7 @@ def weights_file(name: str, config: dict[str, Any], offline: bool) -> Path:
         raise UsageError(f"{name} has no pretrained weights; use --weights none or PATH")
     if offline:
         raise ResourceUnavailable(not_cached_message(name, "classify",
-                                                     "CVTOOL_OFFLINE=1 forbids downloading"))
+                                                     offline_reason()))
     require_network(hf_endpoint() if repo else url, name, "classify")
     if not repo:
         from cvtool.models.weights import download_url

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+from cvtool.core.context import offline_reason
 from cvtool.core.results import one_line
 from cvtool.core.status import ResourceUnavailable, UsageError
 from cvtool.models.registry import ModelSpec, resolve_reference
@@ -100,7 +101,7 @@ def download_default_weights(spec: ModelSpec, offline: bool, progress: bool,
     named = spec.name if weights is None else f"{spec.name} --weights {weights.name}"
     if offline:
         raise ResourceUnavailable(not_cached_message(named, spec.task,
-                                                     "CVTOOL_OFFLINE=1 forbids downloading"))
+                                                     offline_reason()))
     weights = weights or resolve_reference(spec.weights)
     require_network(weights.url, named, spec.task)
     try:

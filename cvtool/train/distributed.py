@@ -161,15 +161,20 @@ class RankShare(Sampler[int]):
         return local_size * WORLD.size / global_size
 
 
+UNUSED_PARAMETERS = "cvtool_unused_parameters"
+
+
 def replicate(model: nn.Module, device: torch.device) -> nn.Module:
     """The module every rank trains through: DDP over `model` (its parameters and buffers
     broadcast from rank 0 first)."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
-    # Some registry models hold parameters a forward does not use (an smp encoder cut to
-    # --encoder-depth 3 keeps its deeper stages): DDP must look for them each step.
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+    # A model marked UNUSED_PARAMETERS holds parameters its forward never uses (an smp encoder
+    # cut to --encoder-depth 3 keeps its deeper stages): DDP must look for them each step. For
+    # every other model that search costs each step and makes torch warn that it found none.
+    unused = bool(getattr(model, UNUSED_PARAMETERS, False))
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
 
 
 def convert_sync_batch_norm(model: nn.Module, device: torch.device) -> nn.Module:

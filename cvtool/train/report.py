@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cvtool.core.mpl import prepare_matplotlib
 from cvtool.io.writers import write_bytes, write_json
 
 if TYPE_CHECKING:
@@ -89,6 +90,7 @@ def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
 def _figure(rows: int, columns: int, size: tuple[float, float],
             squeeze: bool = True) -> tuple[Any, Any]:
     # A Figure without pyplot: no global backend state, no display needed.
+    prepare_matplotlib()
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

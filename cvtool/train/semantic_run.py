@@ -31,6 +31,7 @@ from cvtool.data.semantic import (
 )
 from cvtool.models.checkpoint import build_architecture
 from cvtool.models.registry import get_spec, resolve_reference
+from cvtool.train import distributed
 from cvtool.train.config import SemanticConfig
 from cvtool.train.loop import EpochTrainer, IterationSettings, batches, data_loader
 from cvtool.train.session import finish_run, parameters, start_run, train_epochs
@@ -86,6 +87,8 @@ def build_semantic_model(config: SemanticConfig, num_classes: int, env: Environm
                   "aux_loss": False}
     architecture = {"builder": spec.builder, "kwargs": kwargs}
     module = build_architecture({"architecture": architecture})
+    if spec.source == "smp" and config.encoder_depth < 5:  # its deeper stages stay unused
+        setattr(module, distributed.UNUSED_PARAMETERS, True)
     mean, std = IMAGENET_MEAN, IMAGENET_STD
     if config.weights != "none":
         mean, std = _load_pretrained(module, spec, config, env)

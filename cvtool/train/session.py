@@ -8,6 +8,8 @@ hand them here.
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +20,7 @@ from cvtool.core.context import Environment
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
 from cvtool.core.versions import versions
-from cvtool.io.writers import write_json
+from cvtool.io.writers import strict_json, write_json
 from cvtool.models.checkpoint import save_checkpoint
 from cvtool.train import distributed
 from cvtool.train.loop import EpochTrainer
@@ -66,7 +68,8 @@ def start_run(env: Environment, run_dir: Path, resume: bool, force: bool, config
 
 def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | None) -> Any:
     """The run's own config; `changes` may only raise `epochs` (the schedule then spans the new
-    total from the next epoch on), which config.json keeps for later resumes."""
+    total from the next epoch on), which config.json keeps for later resumes. The settings the
+    command line gave besides (`changes["given"]`) must equal the run's."""
     try:
         saved = jsonfile.read(run_dir / CONFIG)
         if not isinstance(saved, dict):
@@ -75,6 +78,7 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
     except (OSError, jsonfile.UntrustedJSON, UsageError) as error:
         reason = error.message if isinstance(error, UsageError) else one_line(error)
         raise UsageError(f"--resume {run_dir}: cannot use its {CONFIG}: {reason}") from None
+    _refuse_differences(run_dir, config.to_dict(), (changes or {}).get("given") or {})
     if changes and changes.get("epochs") not in (None, config.epochs):
         if changes["epochs"] < config.epochs:
             raise UsageError(f"--epochs {changes['epochs']} is below the {config.epochs} the "
@@ -83,6 +87,28 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
         if distributed.WORLD.main:
             write_json(run_dir / CONFIG, {**saved, "config": config.to_dict()})
     return config
+
+
+def _refuse_differences(run_dir: Path, saved: dict[str, Any], given: dict[str, Any]) -> None:
+    differences = []
+    for name, value in sorted(given.items()):
+        option = "--" + name.replace("_", "-")
+        if name not in saved:
+            differences.append(f"{option} (not a setting this run keeps)")
+        elif not _same_setting(name, saved[name], value):
+            differences.append(f"{option} {saved[name]!r} in the run, {value!r} now")
+    if differences:
+        raise UsageError(f"--resume {run_dir} continues the run with its own settings; these "
+                         f"differ: {'; '.join(differences)} (leave them out, or start a new run; "
+                         "--epochs, --device, --threads and --workers may change)")
+
+
+def _same_setting(name: str, saved: Any, given: Any) -> bool:
+    if json.loads(strict_json(saved)) == json.loads(strict_json(given)):
+        return True
+    if name == "data" and isinstance(saved, str) and isinstance(given, str):
+        return os.path.realpath(saved) == os.path.realpath(given)
+    return False
 
 
 def train_epochs(env: Environment, run_dir: Path, trainer: EpochTrainer, config: Config,
