@@ -162,3 +162,28 @@ def test_an_actor_that_cannot_start_is_its_own_one_line_error(tmp_path: Path) ->
     assert result.stderr.strip().splitlines() == [
         "error: --engine ray: --device cuda: no CUDA device is present on this machine"]
     assert result.stdout == ""
+
+
+def test_killed_actors_leave_stdout_to_records(tmp_path: Path) -> None:
+    """Actors killed mid-run (kill -9, as the OOM killer does): Ray restarts them and says so
+    on its own; whatever it says, every stdout line is still a record."""
+    import time
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for number in range(120):
+        shutil.copy(DIGITS[number % len(DIGITS)], folder / f"d{number:03}.png")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cvtool", "classify", str(folder), "-m", "digits-cnn",
+         "--engine", "ray", "--actors", "2", "-b", "1"], stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    first = process.stdout.readline()  # the actors are running
+    killed = subprocess.run(["pkill", "-9", "-f", r"ray::MapWorker\(MapBatches\(PredictorActor"],
+                            capture_output=True)
+    started = time.monotonic()
+    rest, stderr = process.communicate(timeout=300)
+    lines = [first, *rest.splitlines(keepends=True)]
+    assert killed.returncode == 0 and time.monotonic() - started < 300
+    assert process.returncode in (0, 1, 3), stderr.decode()
+    records = [json.loads(line) for line in lines if line.strip()]
+    assert records and all(record["task"] == "classify" for record in records)

@@ -160,7 +160,13 @@ def test_torchvision_masks_map_back_to_the_original_pixels(weights, scenes, tmp_
         resized = F.interpolate(logits, size=image.size[::-1], mode="bilinear")
         mask = _mask(record["mask_path"])
         assert mask.shape == image.size[::-1]
-        assert (mask == resized[0].argmax(0).numpy()).mean() > 0.999
+        # Random weights give near-ties; folded batch norms (cvtool serves them folded) move a
+        # near-tie's argmax by a rounding, more so on AVX2 than AVX-512 kernels. Pixels whose
+        # top two logits are apart must agree.
+        top = resized[0].topk(2, dim=0).values
+        decided = ((top[0] - top[1]) > 1e-3).numpy()
+        agree = mask == resized[0].argmax(0).numpy()
+        assert agree[decided].mean() > 0.9999 and decided.mean() > 0.9 and agree.mean() > 0.99
         assert len(record["classes"]) >= 3
         assert record["classes"][0]["label"] == torchvision.models.get_model_weights(
             LRASPP).DEFAULT.meta["categories"][record["classes"][0]["index"]]
