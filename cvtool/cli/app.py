@@ -70,6 +70,14 @@ def _root(version: Annotated[bool, typer.Option(
     """Computer vision from the command line."""
 
 
+# The quality gate every scored command shares (cvtool/inference/scoring.py).
+FailUnder = Annotated[Optional[list[str]], typer.Option(
+    "--fail-under", metavar="METRIC=VALUE", help="With --eval: exit 4 (after writing every "
+    "record) when METRIC is below VALUE; repeatable. classify: top1, top5, macro_f1, ..., "
+    "class:LABEL/recall; detect: map, map50; segment-instance: segm_map; segment-semantic: "
+    "miou, class:LABEL/iou.", show_default=False)]
+
+
 @app.command()
 @inference_command(ClassifyOptions)
 def classify(
@@ -83,6 +91,17 @@ def classify(
         help="Decode JPEGs at least twice the model's input size at a reduced DCT scale "
              "(1/2 to 1/8) that still covers it: much faster on camera photos, inputs within "
              "rounding of full decoding.")] = False,
+    gt: Annotated[Optional[Path], typer.Option(
+        help="labels.csv (path,label rows) for --eval; without it each input's label is its "
+             "folder's name (DIR/<class>/image).", show_default=False)] = None,
+    label_map: Annotated[Optional[Path], typer.Option(
+        help="--eval: folder,label rows naming the model category of each folder (or --gt "
+             "label) where they differ.", show_default=False)] = None,
+    eval: Annotated[bool, typer.Option(
+        "--eval", help="Score against the labels: top-1/top-5, per-class precision, recall "
+                       "and F1, ECE and the confusion matrix on stderr and in run.json.")
+                    ] = False,
+    fail_under: FailUnder = None,
     *,
     common: InferenceOptions,
 ) -> None:
@@ -100,7 +119,8 @@ def classify(
     env = current(common.quiet, common.debug)
     finish(run, env, sources or [], common, ClassifyOptions(
         **common.predictor(), model=model or DEFAULT_CLASSIFIER, weights=weights or "default",
-        topk=topk, tta=tta, draft=draft))
+        topk=topk, tta=tta, draft=draft), gt=gt, label_map=label_map, evaluate=eval,
+           fail_under=fail_under or [])
 
 
 # Detectors run one model (no ensembles), so --model and --weights take one value here.
@@ -131,6 +151,7 @@ def detect(
         "--eval", help="Print pycocotools' COCO metrics against --gt on stderr.")] = False,
     save_crops: Annotated[bool, typer.Option(
         help="Also write each detection's crop under --output.")] = False,
+    fail_under: FailUnder = None,
     *,
     common: InferenceOptions,
 ) -> None:
@@ -140,7 +161,8 @@ def detect(
     task = ctx.info_name  # one function serves both commands; the name picks the task
     finish(run, env, sources or [], common, DetectOptions(
         **common.predictor(), task=task, model=model, weights=weights, conf=conf,
-        classes=classes or [], save_crops=save_crops), gt=gt, evaluate=eval)
+        classes=classes or [], save_crops=save_crops), gt=gt, evaluate=eval,
+           fail_under=fail_under or [])
 
 
 OFFLINE_DETECTORS = ("The default model's weights are torchvision's download (`cvtool models "
@@ -185,6 +207,7 @@ def segment_semantic(
                        "stderr (and into run.json).")] = False,
     ignore_index: Annotated[int, typer.Option(
         min=0, help="Ground-truth value left out of --eval.")] = 255,
+    fail_under: FailUnder = None,
     *,
     common: InferenceOptions,
 ) -> None:
@@ -203,7 +226,8 @@ def segment_semantic(
     env = current(common.quiet, common.debug)
     finish(run, env, sources or [], common, SegmentOptions(
         **common.predictor(), model=model or DEFAULT_SEMANTIC, weights=weights, encoder=encoder,
-        gt_masks=gt_masks, ignore_index=ignore_index), evaluate=eval)
+        gt_masks=gt_masks, ignore_index=ignore_index), evaluate=eval,
+           fail_under=fail_under or [])
 
 
 @app.command()

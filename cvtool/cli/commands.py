@@ -14,7 +14,7 @@ from cvtool.cli.options import InferenceOptions
 from cvtool.core.context import Environment
 from cvtool.core.options import ClassifyOptions, DetectOptions, GenerateOptions, SegmentOptions
 from cvtool.core.results import counted
-from cvtool.core.status import ExitStatus, UsageError
+from cvtool.core.status import ExitStatus, QualityBelowBar, UsageError
 from cvtool.core.tasks import TASKS
 
 RECORD_FORMATS = ("table", "jsonl", "csv")
@@ -31,24 +31,50 @@ def resolve_format(env: Environment, fmt: str | None, allowed: tuple[str, ...]) 
 
 
 def classify(env: Environment, sources: list[str], common: InferenceOptions,
-             options: ClassifyOptions) -> int:
+             options: ClassifyOptions, *, gt: Path | None = None, label_map: Path | None = None,
+             evaluate: bool = False, fail_under: list[str] | None = None) -> int:
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
     engine = check_inputs(sources, common)
+    bars = _bars("classify", fail_under, evaluate)
+    for flag, given in (("--gt", gt), ("--label-map", label_map)):
+        if given is not None and not evaluate:
+            raise UsageError(f"{flag} goes with --eval; add --eval to score the run")
     if engine is not None and options.draft:
         raise UsageError("--draft decodes on the local engine only: Ray's decoding tasks decode "
                          "every pixel; leave out one of --draft and --engine ray")
     from cvtool.inference.predictors import Classifier
     from cvtool.io.writers import make_writer
 
-    missing = _missing_only(env, sources, common, Classifier.task, options.model,
-                            lambda: make_writer(fmt, env.stdout, Classifier.task, env.no_color))
-    if missing is not None:
-        return missing
+    if not evaluate:
+        missing = _missing_only(
+            env, sources, common, Classifier.task, options.model,
+            lambda: make_writer(fmt, env.stdout, Classifier.task, env.no_color))
+        if missing is not None:
+            return missing
     writer = make_writer(fmt, env.stdout, Classifier.task, env.no_color)
     predictor = Classifier(on_driver(options, engine), warn=env.warn, offline=env.offline)
+    metrics = None
+    if evaluate:
+        from cvtool.inference.scoring import ClassificationScore, LabelSource
+        from cvtool.io.writers import TeeWriter
+
+        score = ClassificationScore(LabelSource(predictor.categories, gt, label_map), env.warn)
+        writer, metrics = TeeWriter(writer, score), lambda: score.report(env.stderr)
     return _stream(env, sources, common, predictor, writer,
-                   {"batch_size": options.batch_size, "topk": options.topk, "tta": options.tta},
-                   engine=engine, options=options)
+                   {"batch_size": options.batch_size, "topk": options.topk, "tta": options.tta,
+                    "gt": gt and str(gt), "label_map": label_map and str(label_map)},
+                   metrics, engine=engine, options=options, bars=bars)
+
+
+def _bars(task: str, fail_under: list[str] | None, evaluate: bool) -> list[tuple[str, float]]:
+    """--fail-under's bars, checked before any model loads."""
+    if not fail_under:
+        return []
+    if not evaluate:
+        raise UsageError("--fail-under needs --eval: the bars are on the run's metrics")
+    from cvtool.inference.scoring import parse_bars
+
+    return parse_bars(task, fail_under)
 
 
 def _missing_only(env: Environment, sources: list[str], common: InferenceOptions, task: str,
@@ -90,7 +116,7 @@ def on_driver(options: Any, engine: Any) -> Any:
 def _stream(env: Environment, sources: list[str], common: InferenceOptions, predictor: Any,
             writer: Any, settings: dict[str, Any],
             metrics: Callable[[], dict[str, Any]] | None = None, *, engine: Any = None,
-            options: Any = None) -> int:
+            options: Any = None, bars: list[tuple[str, float]] | None = None) -> int:
     """Every inference command's run: records streamed to `writer` (and to DIR/records.jsonl
     under --output), the summary line, and run.json (with `metrics()`, when given, in it).
     Under --engine ray (`engine`), Ray's actors build their predictors from `options`."""
@@ -122,8 +148,14 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
         tally = Tally()
         stopped = stream_records(env, _records(env, predictor, listed, engine, options), writer,
                                  tally, common.max_failures)
+        below: list[str] = []
         if metrics is not None:
             settings["metrics"] = metrics()
+            if bars:
+                from cvtool.inference.scoring import below_bars
+
+                below = below_bars(predictor.task, settings["metrics"], bars)
+                settings["gate"] = {"bars": dict(bars), "passed": not below, "below": below}
         if engine is None:  # Ray's actors count on their own machines
             settings.update(predictor.counts)
         if output is not None:
@@ -142,6 +174,8 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
         again = "; --resume continues the run" if output is not None else ""
         env.log(f"stopped after {counted(tally.failed, 'failed input')} (--max-failures "
                 f"{common.max_failures}): {left}{again}")
+    if below:  # every record and file is written: now the verdict
+        raise QualityBelowBar(f"quality below the bar: {'; '.join(below)}")
     if records_file is not None and records_file.earlier["failed"]:
         return ExitStatus.PARTIAL  # the whole run's status: an earlier part of it failed some
     return tally.status()
@@ -258,10 +292,12 @@ def _write_rows(env: Environment, rows: list[dict[str, Any]], fmt: str) -> None:
 
 
 def detect(env: Environment, sources: list[str], common: InferenceOptions,
-           options: DetectOptions, *, gt: Path | None, evaluate: bool) -> int:
+           options: DetectOptions, *, gt: Path | None, evaluate: bool,
+           fail_under: list[str] | None = None) -> int:
     """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
     fmt = resolve_format(env, common.format, DETECTION_FORMATS)
     engine = check_inputs(sources, common)
+    bars = _bars(options.task, fail_under, evaluate)
     if evaluate and gt is None:
         raise UsageError("--eval needs --gt annotations.json to compare against")
     if options.save_crops and options.output is None:
@@ -285,7 +321,7 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
     metrics = (lambda: evaluate_detections(env, options.task, ground_truth, collector)) \
         if evaluate else None
     return _stream(env, sources, common, predictor, writer, settings, metrics, engine=engine,
-                   options=options)
+                   options=options, bars=bars)
 
 
 def detection_writer(env: Environment, fmt: str, task: str, ground_truth: Any,
@@ -364,10 +400,12 @@ def check_generate_outputs(options: GenerateOptions, steps_given: bool) -> None:
 
 
 def segment_semantic(env: Environment, sources: list[str], common: InferenceOptions,
-                     options: SegmentOptions, *, evaluate: bool) -> int:
+                     options: SegmentOptions, *, evaluate: bool,
+                     fail_under: list[str] | None = None) -> int:
     """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
     engine = check_inputs(sources, common)
+    bars = _bars("segment-semantic", fail_under, evaluate)
     if evaluate and options.gt_masks is None:
         raise UsageError("--eval needs --gt-masks DIR to compare against")
     if options.gt_masks is not None and not evaluate:
@@ -387,4 +425,4 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     evaluation = predictor.evaluation
     return _stream(env, sources, common, predictor, writer, settings,
                    (lambda: evaluation.report(env.stderr)) if evaluation is not None else None,
-                   engine=engine, options=options)
+                   engine=engine, options=options, bars=bars)

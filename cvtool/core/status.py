@@ -14,6 +14,7 @@ class ExitStatus(enum.IntEnum):
     PARTIAL = 1  # some inputs failed, the rest were processed
     USAGE = 2  # bad option, unknown model
     UNAVAILABLE = 3  # weights not cached and offline, device absent, out of memory
+    QUALITY = 4  # ran fine, but a --fail-under metric is below its bar
     INTERNAL = 70  # a bug in cvtool (EX_SOFTWARE); --debug shows the traceback
     INTERRUPTED = 130  # Ctrl-C
     BROKEN_PIPE = 141  # stdout closed by the reader (128 + SIGPIPE), like other Unix tools
@@ -35,6 +36,12 @@ class UsageError(CvtoolError):
 
 class ResourceUnavailable(CvtoolError):
     status = ExitStatus.UNAVAILABLE
+
+
+class QualityBelowBar(CvtoolError):
+    """The run went fine but its metrics fell below a --fail-under bar (exit 4)."""
+
+    status = ExitStatus.QUALITY
 
 
 class CvtoolWarning(UserWarning):

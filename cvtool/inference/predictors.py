@@ -120,6 +120,11 @@ class Predictor:
         """What run.json records about the models."""
         return [model_info(loaded) for loaded in _as_list(self.loaded)]
 
+    @property
+    def categories(self) -> list[str]:
+        """The labels the model predicts (an ensemble's members share them)."""
+        return list(_as_list(self.loaded)[0].categories)
+
     def close(self) -> None:
         """Release the output directory's lock."""
         self.resources.close()

@@ -1,0 +1,157 @@
+"""Scoring inference runs (issue 31, first part): `classify --eval` over a labelled folder or
+`--gt labels.csv`, equal to scikit-learn on the same predictions, and the quality gate
+`--fail-under METRIC=VALUE` (exit 4 after every record and file is written) for every task."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import classification_report, top_k_accuracy_score
+
+from tests.clirun import ROOT, cvtool
+
+DIGITS = sorted((ROOT / "sample_images" / "digits").glob("*.png"))
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample digits in class folders (`digit_3_0123.png` is a 3), one of them a 7
+    filed as a 1 so the model is wrong there, and a folder whose name is no category."""
+    top = tmp_path_factory.mktemp("labelled") / "digits"
+    for path in DIGITS:
+        label = path.name.split("_")[1]
+        (top / label).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, top / label / path.name)
+    seven = next(top.glob("7/*.png"))
+    (top / "1").mkdir(exist_ok=True)
+    shutil.move(seven, top / "1" / seven.name)
+    (top / "unknown").mkdir()
+    shutil.copy(DIGITS[0], top / "unknown" / "x.png")
+    return top
+
+
+def _truth(path: str) -> int:
+    return int(Path(path).parent.name)
+
+
+def test_classify_eval_equals_scikit_learn(labelled: Path, tmp_path: Path) -> None:
+    done = cvtool("classify", labelled, "-m", "digits-cnn", "--topk", "10", "--eval",
+                  "-o", tmp_path / "run")
+    assert done.code == 0, done.stderr
+    assert "1 inputs have no label" in done.stderr and "top-1" in done.stderr
+    records = [r for r in done.records() if Path(r["path"]).parent.name != "unknown"]
+    y_true = [_truth(r["path"]) for r in records]
+    scores = np.zeros((len(records), 10))
+    for row, record in enumerate(records):
+        for item in record["predictions"]:
+            scores[row, item["index"]] = item["score"]
+    y_pred = scores.argmax(1)
+    metrics = json.loads((tmp_path / "run" / "run.json").read_text())["metrics"]
+    report = classification_report(y_true, y_pred, output_dict=True, zero_division=0)
+    assert metrics["images"] == len(records) == 20
+    assert metrics["top1"] == pytest.approx(report["accuracy"])
+    assert metrics["top1"] < 1.0  # the misfiled 7
+    assert metrics["top5"] == pytest.approx(top_k_accuracy_score(y_true, scores, k=5,
+                                                                 labels=list(range(10))))
+    for average in ("macro", "weighted"):
+        for key in ("precision", "recall"):
+            assert metrics[average][key] == pytest.approx(report[f"{average} avg"][key])
+        assert metrics[average]["f1"] == pytest.approx(report[f"{average} avg"]["f1-score"])
+    for row in metrics["per_class"]:
+        expected = report[str(row["index"])]
+        assert row["precision"] == pytest.approx(expected["precision"])
+        assert row["recall"] == pytest.approx(expected["recall"])
+        assert row["support"] == expected["support"]
+    counts = np.asarray(metrics["confusion"]["counts"])
+    assert counts.sum() == len(records) and np.trace(counts) == sum(
+        t == p for t, p in zip(y_true, y_pred))
+    # ECE: 15 equal bins of the top-1 confidence
+    confidence, correct = scores.max(1), y_pred == np.asarray(y_true)
+    bins = np.clip(np.ceil(confidence * 15).astype(int) - 1, 0, 14)
+    ece = sum((bins == b).mean() * abs(correct[bins == b].mean() - confidence[bins == b].mean())
+              for b in range(15) if (bins == b).any())
+    assert metrics["ece"] == pytest.approx(ece)
+
+
+def test_gt_csv_and_label_map_name_the_labels(labelled: Path, tmp_path: Path) -> None:
+    inputs = sorted(labelled.glob("[0-9]/*.png"))
+    gt = tmp_path / "labels.csv"
+    gt.write_text("path,label\n" + "".join(f"{p.parent.name}/{p.name},d{p.parent.name}\n"
+                                           for p in inputs))
+    mapping = tmp_path / "map.csv"
+    mapping.write_text("folder,label\n" + "".join(f"d{n},{n}\n" for n in range(10)))
+    done = cvtool("classify", *inputs, "-m", "digits-cnn", "--gt", gt, "--label-map", mapping,
+                  "--eval", "-o", tmp_path / "run")
+    assert done.code == 0, done.stderr
+    metrics = json.loads((tmp_path / "run" / "run.json").read_text())["metrics"]
+    folders = cvtool("classify", *inputs, "-m", "digits-cnn", "--eval", "-o", tmp_path / "f")
+    assert folders.code == 0
+    by_folder = json.loads((tmp_path / "f" / "run.json").read_text())["metrics"]
+    assert metrics["images"] == by_folder["images"] == 20
+    for key in ("top1", "top5", "per_class", "confusion", "macro"):
+        assert metrics[key] == by_folder[key]
+    assert metrics["ece"] == pytest.approx(by_folder["ece"], abs=1e-6)  # float32 batches
+
+
+def test_the_gate_is_exit_4_after_writing_everything(labelled: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = cvtool("classify", labelled, "-m", "digits-cnn", "--eval", "-o", out,
+                  "--fail-under", "top1=0.999", "--fail-under", "class:7/recall=0.5",
+                  "--fail-under", "macro_f1=0.1")
+    assert done.code == 4, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "top1" in lines[0] and "0.999" in lines[0]
+    assert "macro_f1" not in lines[0] and "class:7" not in lines[0]
+    assert len(done.records()) == 21
+    info = json.loads((out / "run.json").read_text())
+    assert info["gate"]["passed"] is False and info["complete"] is True
+    passed = cvtool("classify", labelled, "-m", "digits-cnn", "--eval", "--fail-under",
+                    "top1=0.5")
+    assert passed.code == 0, passed.stderr
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--fail-under", "top9=0.5"], "unknown metric 'top9' for classify; valid: top1"),
+    (["--fail-under", "top1"], "expected METRIC=NUMBER"),
+    (["--fail-under", "top1=0.5", "--no-eval"], "--fail-under needs --eval"),
+    (["--label-map", "x.csv"], "--label-map goes with --eval"),
+])
+def test_gate_usage_errors(labelled: Path, args: list[str], message: str) -> None:
+    args = [arg for arg in args if arg != "--no-eval"] + ([] if "--no-eval" in args
+                                                         or "--label-map" in args
+                                                         else ["--eval"])
+    done = cvtool("classify", labelled, "-m", "digits-cnn", *args)
+    assert done.code == 2 and message in done.stderr, done.stderr
+
+
+def test_an_unknown_class_bar_is_exit_2_naming_the_classes(labelled: Path) -> None:
+    done = cvtool("classify", labelled, "-m", "digits-cnn", "--eval", "--fail-under",
+                  "class:cat/recall=0.5")
+    assert done.code == 2 and "no class 'cat'" in done.stderr, done.stderr
+
+
+def test_the_gate_holds_detection_and_semantic_metrics(tmp_path: Path) -> None:
+    data = tmp_path / "shapes"
+    made = cvtool("data", "shapes", data, "--num", "0", "--val-num", "4", "--seed", "3")
+    assert made.code == 0, made.stderr
+    images = data / "images" / "val"
+    gt = data / "annotations" / "val.json"
+    low = cvtool("detect", images, "-m", "shapes-maskrcnn", "--gt", gt, "--eval",
+                 "--fail-under", "map50=0.01")
+    high = cvtool("segment-instance", images, "-m", "shapes-maskrcnn", "--gt", gt, "--eval",
+                  "--fail-under", "segm_map=1.01")
+    assert low.code == 0 and high.code == 4, (low.stderr, high.stderr)
+    assert "segm_map" in high.stderr
+    masks = data / "val" / "masks"
+    semantic = cvtool("segment-semantic", data / "val" / "images", "-m", "shapes-unet", "--gt-masks", masks,
+                      "--eval", "--fail-under", "miou=1.01", "--fail-under",
+                      "class:circle/iou=0.01")
+    assert semantic.code == 4 and "miou" in semantic.stderr and "circle" not in \
+        semantic.stderr.splitlines()[-1], semantic.stderr
+    unknown = cvtool("detect", images, "-m", "shapes-maskrcnn", "--gt", gt, "--eval",
+                     "--fail-under", "miou=0.5")
+    assert unknown.code == 2 and "valid: map" in unknown.stderr
