@@ -95,6 +95,28 @@ def test_a_linked_training_state_folder_is_refused(tmp_path: Path) -> None:
     assert "symbolic link" in done.stderr and list(elsewhere.iterdir()) == []
 
 
+@pytest.mark.parametrize("planted", ["config.json link", "metrics.jsonl fifo"])
+def test_train_resume_follows_no_planted_file(tmp_path: Path, victim: Path, planted: str) -> None:
+    run = tmp_path / "train"
+    first = cvtool("train", "classify", "--data", "digits", "--model", "linear", "--epochs", "1",
+                   "-o", run)
+    assert first.code == 0, first.stderr
+    if planted == "config.json link":
+        (run / "config.json").unlink()
+        (run / "config.json").symlink_to(victim)
+    else:
+        shutil.rmtree(run / "state")
+        (run / "metrics.jsonl").unlink()
+        os.mkfifo(run / "metrics.jsonl")
+    done = cvtool_process("train", "classify", "--resume", run, "--epochs", "2", timeout=120)
+    if planted == "config.json link":
+        assert done.code == 2, done.stderr
+        _one_line_error(done.stderr, "config.json", "symbolic link")
+    else:  # no state and no readable metrics: a fresh start, not a wait on the FIFO
+        assert done.code == 0, done.stderr
+    assert victim.read_bytes() == VICTIM_BYTES
+
+
 # 2. ONNX external data ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("location", ["secret.bin", "../secret.bin"])

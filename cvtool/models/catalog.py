@@ -14,11 +14,11 @@ asks for them (`--filter 'timm:*'`).
 from __future__ import annotations
 
 import fnmatch
-import json
 import struct
 from pathlib import Path
 from typing import Any
 
+from cvtool.core import jsonfile
 from cvtool.models.registry import TIMM_PREFIX, ModelSpec, list_models, resolve_reference
 
 MEASURED_AT_MOST = 50  # timm models counted on the meta device per listing (0.1-0.5 s each)
@@ -113,17 +113,23 @@ def _safetensors_parameters(path: Path) -> int | None:
     try:
         with open(path, "rb") as file:
             (length,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(min(length, 1 << 26)))
+            header = jsonfile.loads(file.read(min(length, 1 << 26)))
     except (OSError, ValueError, struct.error):
+        return None
+    if not isinstance(header, dict):
         return None
     total = 0
     for key, entry in header.items():
         if key == "__metadata__" or not isinstance(entry, dict) \
                 or not str(entry.get("dtype", "")).startswith(("F", "BF")):
             continue
+        shape = entry.get("shape", [])
+        if not (isinstance(shape, list) and all(type(side) is int and side >= 0
+                                                for side in shape)):
+            return None  # not a safetensors header cvtool can count
         count = 1
-        for side in entry.get("shape", []):
-            count *= int(side)
+        for side in shape:
+            count *= side
         total += count
     return total
 

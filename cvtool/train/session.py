@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from cvtool.core import jsonfile
 from cvtool.core.context import Environment
+from cvtool.core.files import describe_os_error
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
 from cvtool.core.versions import versions
@@ -71,12 +72,13 @@ def _resumed_config(run_dir: Path, config_type: type, changes: dict[str, Any] | 
     total from the next epoch on), which config.json keeps for later resumes. The settings the
     command line gave besides (`changes["given"]`) must equal the run's."""
     try:
-        saved = jsonfile.read(run_dir / CONFIG)
+        saved = jsonfile.read(run_dir / CONFIG, follow=False)
         if not isinstance(saved, dict):
             raise UsageError("it is not a JSON object")
         config = config_type.from_dict(saved.get("config"))
     except (OSError, jsonfile.UntrustedJSON, UsageError) as error:
-        reason = error.message if isinstance(error, UsageError) else one_line(error)
+        reason = (error.message if isinstance(error, UsageError) else describe_os_error(error)
+                  if isinstance(error, OSError) else one_line(error))
         raise UsageError(f"--resume {run_dir}: cannot use its {CONFIG}: {reason}") from None
     _refuse_differences(run_dir, config.to_dict(), (changes or {}).get("given") or {})
     if changes and changes.get("epochs") not in (None, config.epochs):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from cvtool.core.context import Warn
+from cvtool.core.files import open_regular
 from cvtool.core.ownership import require_empty
 from cvtool.core.status import UsageError
 from cvtool.io.writers import atomic_open, strict_json
@@ -119,9 +120,10 @@ def resumed_state(env: Any, run_dir: Path, model: nn.Module, optimizer: torch.op
 
 def _logged_epochs(run_dir: Path) -> bool:
     """Whether metrics.jsonl (rewritten after each committed epoch) names any epoch."""
-    try:
-        return bool((run_dir / METRICS_LINES).read_text().strip())
-    except (OSError, UnicodeDecodeError):
+    try:  # never through a link, never a wait on a FIFO planted there
+        with open_regular(run_dir / METRICS_LINES, follow=False) as file:
+            return bool(file.read().strip())
+    except OSError:
         return False
 
 
