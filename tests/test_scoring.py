@@ -155,3 +155,42 @@ def test_the_gate_holds_detection_and_semantic_metrics(tmp_path: Path) -> None:
     unknown = cvtool("detect", images, "-m", "shapes-maskrcnn", "--gt", gt, "--eval",
                      "--fail-under", "miou=0.5")
     assert unknown.code == 2 and "valid: map" in unknown.stderr
+
+
+def test_per_class_detection_rows_equal_pycocotools_per_category(tmp_path: Path) -> None:
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    data = tmp_path / "shapes"
+    made = cvtool("data", "shapes", data, "--num", "0", "--val-num", "8", "--seed", "11")
+    assert made.code == 0, made.stderr
+    gt = data / "annotations" / "val.json"
+    done = cvtool("segment-instance", data / "images" / "val", "-m", "shapes-maskrcnn", "--gt",
+                  gt, "--eval", "--conf", "0.05", "--format", "coco", "-o", tmp_path / "out",
+                  "--fail-under", "class:circle/AP50=0.0")
+    assert done.code == 0, done.stderr
+    assert "per class (bbox" in done.stderr and "per class (segm" in done.stderr
+    metrics = json.loads((tmp_path / "out" / "run.json").read_text())["metrics"]
+    results = json.loads(done.stdout)
+    truth = json.loads(gt.read_text())
+    with contextlib.redirect_stdout(io.StringIO()):
+        reference = COCO(str(gt))
+        detections = reference.loadRes(results)
+        for iou_type in ("bbox", "segm"):
+            rows = {row["id"]: row for row in metrics["per_class"][iou_type]}
+            assert set(rows) == {category["id"] for category in truth["categories"]}
+            for category_id, row in rows.items():
+                evaluator = COCOeval(reference, detections, iou_type)
+                evaluator.params.catIds = [category_id]
+                evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+                assert row["AP"] == pytest.approx(evaluator.stats[0])
+                assert row["AP50"] == pytest.approx(evaluator.stats[1])
+                assert row["recall"] == pytest.approx(evaluator.stats[8])  # AR@100
+    # tp + misses is the ground truth of each class; tp + fp the detections kept (<= 100 each)
+    for row in metrics["per_class"]["bbox"]:
+        objects = sum(a["category_id"] == row["id"] for a in truth["annotations"])
+        found = sum(r["category_id"] == row["id"] for r in results)
+        assert row["tp"] + row["misses"] == objects and row["tp"] + row["fp"] == found

@@ -74,8 +74,8 @@ def _root(version: Annotated[bool, typer.Option(
 FailUnder = Annotated[Optional[list[str]], typer.Option(
     "--fail-under", metavar="METRIC=VALUE", help="With --eval: exit 4 (after writing every "
     "record) when METRIC is below VALUE; repeatable. classify: top1, top5, macro_f1, ..., "
-    "class:LABEL/recall; detect: map, map50; segment-instance: segm_map; segment-semantic: "
-    "miou, class:LABEL/iou.", show_default=False)]
+    "class:LABEL/recall; detect: map, map50, class:LABEL/AP; segment-instance: segm_map; "
+    "segment-semantic: miou, class:LABEL/iou.", show_default=False)]
 
 
 @app.command()

@@ -350,7 +350,7 @@ def evaluate_detections(env: Environment, task_name: str, ground_truth: dict[str
         else:
             env.warn("--gt annotations lack \"segmentation\": mask metrics are left out")
     return coco.evaluate(ground_truth, collector.results, collector.image_ids, iou_types,
-                         env.stderr)
+                         env.stderr, per_class=True)
 
 
 def generate(env: Environment, options: GenerateOptions, *, steps_given: bool,

@@ -225,7 +225,8 @@ GATE_METRICS: dict[str, dict[str, tuple[str, ...]]] = {
                          "segm_map50": ("segm", "AP50"), "segm_map75": ("segm", "AP75")},
     "segment-semantic": {"miou": ("miou",), "pixel_accuracy": ("pixel_accuracy",)},
 }
-CLASS_KEYS = {"classify": ("precision", "recall", "f1"), "segment-semantic": ("iou",)}
+CLASS_KEYS = {"classify": ("precision", "recall", "f1"), "segment-semantic": ("iou",),
+              "detect": ("AP", "AP50", "recall"), "segment-instance": ("AP", "AP50", "recall")}
 
 
 def parse_bars(task: str, given: Sequence[str]) -> list[tuple[str, float]]:
@@ -255,10 +256,14 @@ def metric_value(task: str, metrics: dict[str, Any], name: str) -> float | None:
     """The value a bar is compared with; UsageError for a class the metrics do not have."""
     if name.startswith("class:"):
         label, _, key = name.removeprefix("class:").rpartition("/")
-        for row in metrics.get("per_class") or []:
+        rows = metrics.get("per_class") or []
+        if isinstance(rows, dict):  # detection: per IoU type; the bars read boxes
+            rows = rows.get("bbox") or []
+        for row in rows:
             if row["label"] == label:
-                return row.get(key)
-        known = ", ".join(repr(row["label"]) for row in (metrics.get("per_class") or [])[:10])
+                value = row.get(key)
+                return None if value is None or value < 0 else float(value)
+        known = ", ".join(repr(row["label"]) for row in rows[:10])
         raise UsageError(f"--fail-under {name}: no class {label!r} in the metrics (classes "
                          f"scored: {known or 'none'})")
     value: Any = metrics

@@ -18,7 +18,7 @@ import numpy as np
 
 from cvtool.core import jsonfile
 from cvtool.core.context import Warn
-from cvtool.core.results import Record
+from cvtool.core.results import Record, shown
 from cvtool.core.status import UsageError
 from cvtool.io.matching import TailIndex
 
@@ -223,8 +223,11 @@ def as_result(detection: dict[str, Any], image_id: int, extra: dict[str, Any]) -
 
 
 def evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], image_ids: list[int],
-             iou_types: tuple[str, ...], stderr: IO[str]) -> dict[str, dict[str, float]]:
-    """COCOeval per IoU type on the matched images; its summary goes to `stderr`."""
+             iou_types: tuple[str, ...], stderr: IO[str], per_class: bool = False
+             ) -> dict[str, Any]:
+    """COCOeval per IoU type on the matched images; its summary goes to `stderr`. With
+    `per_class`, `metrics["per_class"][iou_type]` holds each category's row (`class_rows`),
+    also printed as a table."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -245,7 +248,69 @@ def evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], image_
         with contextlib.redirect_stdout(stderr):
             evaluator.summarize()
         metrics[iou_type] = dict(zip(STAT_NAMES, map(float, evaluator.stats)))
+        if per_class:
+            rows = class_rows(evaluator, ground_truth["categories"])
+            metrics.setdefault("per_class", {})[iou_type] = rows
+            _print_class_rows(iou_type, rows, stderr)
     return metrics
+
+
+def class_rows(evaluator: Any, categories: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per category, from the accumulated COCOeval (area all, 100 detections): AP over IoU
+    0.50:0.95 and AP50 as its summarize() computes them for all categories at once (the mean of
+    `eval["precision"]` where defined; -1 where there is nothing to measure), recall at 0.50:0.95,
+    and at IoU 0.50 the matched detections (tp), unmatched ones (fp) and unmatched ground
+    truth (misses) of the images evaluated."""
+    precision, recall = evaluator.eval["precision"], evaluator.eval["recall"]
+    params = evaluator.params
+    area, last = params.areaRngLbl.index("all"), len(params.maxDets) - 1
+    names = {category["id"]: str(category.get("name", category["id"])) for category in categories}
+    counts = _match_counts(evaluator, area)
+    rows = []
+    for k, category_id in enumerate(params.catIds):
+        def mean(values: Any) -> float:
+            defined = values[values > -1]
+            return float(defined.mean()) if defined.size else -1.0
+
+        tp, fp, misses = counts.get(category_id, (0, 0, 0))
+        rows.append({"id": int(category_id), "label": names.get(category_id, str(category_id)),
+                     "AP": mean(precision[:, :, k, area, last]),
+                     "AP50": mean(precision[0, :, k, area, last]),
+                     "recall": mean(recall[:, k, area, last]),
+                     "tp": tp, "fp": fp, "misses": misses})
+    return rows
+
+
+def _match_counts(evaluator: Any, area: int) -> dict[int, tuple[int, int, int]]:
+    """(tp, fp, misses) per category at the first IoU threshold (0.50)."""
+    import numpy as np
+
+    counts: dict[int, list[int]] = {}
+    areas = len(evaluator.params.areaRng)
+    images = len(evaluator.params.imgIds)
+    for k, category_id in enumerate(evaluator.params.catIds):
+        tally = counts.setdefault(category_id, [0, 0, 0])
+        for i in range(images):
+            entry = evaluator.evalImgs[(k * areas + area) * images + i]
+            if entry is None:
+                continue
+            kept = ~np.asarray(entry["dtIgnore"][0], dtype=bool)
+            matched = np.asarray(entry["dtMatches"][0]) > 0
+            tally[0] += int((matched & kept).sum())
+            tally[1] += int((~matched & kept).sum())
+            truth = ~np.asarray(entry["gtIgnore"], dtype=bool)
+            tally[2] += int(((np.asarray(entry["gtMatches"][0]) == 0) & truth).sum())
+    return {key: (value[0], value[1], value[2]) for key, value in counts.items()}
+
+
+def _print_class_rows(iou_type: str, rows: list[dict[str, Any]], stream: IO[str]) -> None:
+    print(f"per class ({iou_type}, IoU 0.50 for tp/fp/misses):", file=stream)
+    for row in rows:
+        label = shown(row["label"])
+        print(f"  {row['id']:>5} {label:<20} AP {row['AP']:.3f}  AP50 {row['AP50']:.3f}  "
+              f"recall {row['recall']:.3f}  tp {row['tp']}  fp {row['fp']}  misses "
+              f"{row['misses']}", file=stream)
+    stream.flush()
 
 
 def has_segmentations(ground_truth: dict[str, Any]) -> bool:
