@@ -23,6 +23,7 @@ _PUBLIC = {
     "Generator": "cvtool.inference.predictors",
     "GeneratedImage": "cvtool.inference.predictors",
     "export_model": "cvtool.export.api",
+    "evaluate": "cvtool.inference.scoring",
     "train_classify": "cvtool.train.api",
     "train_detect": "cvtool.train.api",
     "train_segment_instance": "cvtool.train.api",
@@ -49,7 +50,8 @@ __all__ = ["__version__", "ClassPixels", "Classifier", "ClassifyOptions", "Class
            "CvtoolError", "CvtoolWarning", "DetectOptions", "Detection", "DetectionRecord",
            "Detector", "GenerateOptions", "GeneratedImage", "Generator", "InputError",
            "InstanceSegmenter", "Prediction", "Record", "ResourceUnavailable", "SegmentOptions",
-           "SemanticRecord", "SemanticSegmenter", "UsageError", "export_model", "train_classify",
+           "SemanticRecord", "SemanticSegmenter", "UsageError", "evaluate", "export_model",
+           "train_classify",
            "train_detect", "train_generate", "train_segment_instance", "train_segment_semantic"]
 assert set(__all__) == {"__version__", *_PUBLIC}
 
@@ -73,6 +75,7 @@ if TYPE_CHECKING:
         DetectionRecord,
         SemanticRecord,
     )
+    from cvtool.inference.scoring import evaluate
     from cvtool.train.api import (
         train_classify,
         train_detect,

@@ -13,6 +13,7 @@ import pytest
 from sklearn.metrics import classification_report, top_k_accuracy_score
 
 from tests.clirun import ROOT, cvtool
+from tests.clirun import cvtool as cvtool_cli
 
 DIGITS = sorted((ROOT / "sample_images" / "digits").glob("*.png"))
 
@@ -42,7 +43,7 @@ def test_classify_eval_equals_scikit_learn(labelled: Path, tmp_path: Path) -> No
     done = cvtool("classify", labelled, "-m", "digits-cnn", "--topk", "10", "--eval",
                   "-o", tmp_path / "run")
     assert done.code == 0, done.stderr
-    assert "1 inputs have no label" in done.stderr and "top-1" in done.stderr
+    assert "1 input has no label" in done.stderr and "top-1" in done.stderr
     records = [r for r in done.records() if Path(r["path"]).parent.name != "unknown"]
     y_true = [_truth(r["path"]) for r in records]
     scores = np.zeros((len(records), 10))
@@ -147,8 +148,8 @@ def test_the_gate_holds_detection_and_semantic_metrics(tmp_path: Path) -> None:
     assert low.code == 0 and high.code == 4, (low.stderr, high.stderr)
     assert "segm_map" in high.stderr
     masks = data / "val" / "masks"
-    semantic = cvtool("segment-semantic", data / "val" / "images", "-m", "shapes-unet", "--gt-masks", masks,
-                      "--eval", "--fail-under", "miou=1.01", "--fail-under",
+    semantic = cvtool("segment-semantic", data / "val" / "images", "-m", "shapes-unet",
+                      "--gt-masks", masks, "--eval", "--fail-under", "miou=1.01", "--fail-under",
                       "class:circle/iou=0.01")
     assert semantic.code == 4 and "miou" in semantic.stderr and "circle" not in \
         semantic.stderr.splitlines()[-1], semantic.stderr
@@ -194,3 +195,47 @@ def test_per_class_detection_rows_equal_pycocotools_per_category(tmp_path: Path)
         objects = sum(a["category_id"] == row["id"] for a in truth["annotations"])
         found = sum(r["category_id"] == row["id"] for r in results)
         assert row["tp"] + row["misses"] == objects and row["tp"] + row["fp"] == found
+
+
+def test_python_evaluate_gives_the_clis_metrics(labelled: Path, tmp_path: Path) -> None:
+    import cvtool
+
+    done = _cli_metrics(labelled, tmp_path)
+    with cvtool.Classifier(model="digits-cnn", device="cpu", topk=10) as classifier:
+        on_predictor = classifier.evaluate(labelled)
+        records = list(classifier.predict(labelled, keep_images=False))
+        from_records = cvtool.evaluate(records, categories=classifier.categories)
+    as_dicts = cvtool.evaluate([record.to_dict() for record in records],
+                               {r.path: Path(r.path).parent.name for r in records},
+                               categories=[str(n) for n in range(10)])
+    for metrics in (on_predictor, from_records, as_dicts):
+        assert metrics["top1"] == done["top1"] and metrics["per_class"] == done["per_class"]
+    assert done["images"] == 20
+
+
+def _cli_metrics(labelled: Path, tmp_path: Path) -> dict:
+    done = cvtool("classify", labelled, "-m", "digits-cnn", "--topk", "10", "--eval", "-o",
+                  tmp_path / "cli")
+    assert done.code == 0, done.stderr
+    return json.loads((tmp_path / "cli" / "run.json").read_text())["metrics"]
+
+
+def test_python_evaluate_scores_detections_and_semantic_masks(tmp_path: Path) -> None:
+    import cvtool
+
+    data = tmp_path / "shapes"
+    assert cvtool_cli("data", "shapes", data, "--num", "0", "--val-num", "3").code == 0
+    gt = data / "annotations" / "val.json"
+    out = tmp_path / "run"
+    done = cvtool_cli("detect", data / "images" / "val", "-m", "shapes-maskrcnn", "--gt", gt,
+                      "--eval", "-o", out)
+    assert done.code == 0, done.stderr
+    cli = json.loads((out / "run.json").read_text())["metrics"]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert cvtool.evaluate(records, gt) == cli
+    with cvtool.Detector(model="shapes-maskrcnn", device="cpu") as detector:
+        assert detector.evaluate(data / "images" / "val", gt)["bbox"] == cli["bbox"]
+    with cvtool.SemanticSegmenter(model="shapes-unet", device="cpu",
+                                  gt_masks=data / "val" / "masks") as segmenter:
+        semantic = segmenter.evaluate(data / "val" / "images")
+    assert semantic["images"] == 3 and 0 <= semantic["miou"] <= 1

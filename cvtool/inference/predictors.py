@@ -120,6 +120,15 @@ class Predictor:
         """What run.json records about the models."""
         return [model_info(loaded) for loaded in _as_list(self.loaded)]
 
+    def evaluate(self, inputs: Any, ground_truth: Any = None, **options: Any) -> dict[str, Any]:
+        """Predict `inputs` and score the records as `--eval` does (`cvtool.evaluate`)."""
+        from cvtool.inference.scoring import evaluate
+
+        records = self.predict(inputs, keep_images=False)
+        if self.task == "classify":
+            options.setdefault("categories", self.categories)
+        return evaluate(records, ground_truth, warn=self.warn, **options)
+
     @property
     def categories(self) -> list[str]:
         """The labels the model predicts (an ensemble's members share them)."""
@@ -195,6 +204,20 @@ class SemanticSegmenter(Predictor):
         loop, loaded, self.evaluation = segment_semantic.build(
             self.options, self.device, self.offline, self.warn)
         return loop, loaded
+
+    def evaluate(self, inputs: Any, ground_truth: Any = None, **options: Any) -> dict[str, Any]:
+        """mIoU, per-class IoU and pixel accuracy of `inputs` against the options' gt_masks
+        (masks are scored as they are made, so `ground_truth` must be left out)."""
+        import io
+
+        from cvtool.core.status import UsageError
+
+        if self.evaluation is None or ground_truth is not None or options:
+            raise UsageError("SemanticSegmenter scores against its own gt_masks: build it with "
+                             "gt_masks=DIR and call evaluate(inputs)")
+        for _ in self.predict(inputs, keep_images=False):
+            pass
+        return self.evaluation.report(io.StringIO())
 
     def models_info(self) -> list[dict[str, Any]]:
         # The labels too (a few dozen at most): `cvtool merge --eval` scores classes by them.

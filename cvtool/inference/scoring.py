@@ -22,7 +22,7 @@ from typing import IO, Any
 import numpy as np
 
 from cvtool.core.files import open_regular
-from cvtool.core.results import Record, shown
+from cvtool.core.results import Record, counted, shown
 from cvtool.core.status import UsageError
 from cvtool.io.matching import TailIndex
 
@@ -121,8 +121,9 @@ class ClassificationScore:
         """run.json's `metrics`, also printed to `stream` as a small table."""
         if self.unlabelled:
             unknown = ", ".join(f"{shown(name)!r}" for name in sorted(self.labels.unknown)[:5])
-            self.warn(f"{self.unlabelled} inputs have no label among the model's categories "
-                      f"({unknown or 'not in --gt'}); they are left out of the metrics "
+            has = "has" if self.unlabelled == 1 else "have"
+            self.warn(f"{counted(self.unlabelled, 'input')} {has} no label among the model's "
+                      f"categories ({unknown or 'not in --gt'}), left out of the metrics "
                       "(--label-map maps folder names to categories)")
         metrics = classification_metrics(self.truth, self.top, self.confidence,
                                           self.labels.categories)
@@ -283,3 +284,54 @@ def below_bars(task: str, metrics: dict[str, Any] | None,
             shown_value = "no value" if value is None else f"{value:.4f}"
             failed.append(f"{name} {shown_value} is below the bar {bar:g}")
     return failed
+
+
+# Python ----------------------------------------------------------------------------------------
+
+def evaluate(records: Any, ground_truth: Any = None, *, categories: Sequence[str] | None = None,
+             label_map: Path | str | None = None, warn: Callable[[str], None] | None = None
+             ) -> dict[str, Any]:
+    """The metrics `--eval` computes, from records (`predict`'s, or the dicts records.jsonl
+    holds). classify: `ground_truth` is a labels CSV path, a {path: label} dict, or None (each
+    input's folder name), and `categories` the model's labels (`Classifier.categories`).
+    detect / segment-instance: `ground_truth` is a COCO file or its loaded dict."""
+    import io
+
+    from cvtool.core.results import record_from_dict
+
+    warn = warn or (lambda message: None)
+    loaded = [record_from_dict(r) if isinstance(r, dict) else r for r in records]
+    tasks = {record.task for record in loaded}
+    if len(tasks) > 1:
+        raise UsageError(f"records of several tasks ({', '.join(sorted(tasks))}); evaluate one")
+    task = next(iter(tasks), "classify")
+    if task == "classify":
+        if categories is None:
+            raise UsageError("evaluate: give categories= (the model's labels) for classify "
+                             "records")
+        labels = LabelSource(categories, None if isinstance(ground_truth, dict) else
+                             None if ground_truth is None else Path(ground_truth),
+                             None if label_map is None else Path(label_map))
+        if isinstance(ground_truth, dict):
+            labels.by_path = TailIndex()
+            for path, label in ground_truth.items():
+                labels.by_path.add(PurePath(str(path)).parts, str(label))
+        score = ClassificationScore(labels, warn)
+        for record in loaded:
+            score.write(record)
+        return score.report(io.StringIO())
+    if task in ("detect", "segment-instance"):
+        from cvtool.io import coco
+
+        truth = (ground_truth if isinstance(ground_truth, dict)
+                 else coco.load_ground_truth(Path(ground_truth), warn))
+        collector = coco.ResultCollector(truth, warn)
+        for record in loaded:
+            collector.write(record)
+        iou_types = ("bbox", "segm") if task == "segment-instance" and \
+            coco.has_segmentations(truth) else ("bbox",)
+        return coco.evaluate(truth, collector.results, collector.image_ids, iou_types,
+                             io.StringIO(), per_class=True)
+    raise UsageError(f"evaluate: {task} records are scored by their predictor as they are "
+                     "made (SemanticSegmenter(gt_masks=..., evaluate=True)); give classify, "
+                     "detect or segment-instance records")
