@@ -239,3 +239,46 @@ def test_python_evaluate_scores_detections_and_semantic_masks(tmp_path: Path) ->
                                   gt_masks=data / "val" / "masks") as segmenter:
         semantic = segmenter.evaluate(data / "val" / "images")
     assert semantic["images"] == 3 and 0 <= semantic["miou"] <= 1
+
+
+@pytest.fixture(scope="module")
+def weaker_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("weak") / "linear"
+    done = cvtool("train", "classify", "--data", "digits", "--model", "linear", "--epochs", "1",
+                  "--lr", "0.0005", "-o", run, "-q")
+    assert done.code == 0, done.stderr
+    return run
+
+
+def test_compare_two_runs_with_a_bootstrap_and_a_regression_gate(
+        labelled: Path, weaker_model: Path, tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    for model, out in (("digits-cnn", a), (weaker_model, b)):
+        done = cvtool("classify", labelled, "-m", model, "--eval", "-o", out, "-q")
+        assert done.code == 0, done.stderr
+    metrics = [json.loads((run / "run.json").read_text())["metrics"] for run in (a, b)]
+    done = cvtool("compare", a, b, "--bootstrap", "500", "--seed", "3", "--format", "jsonl")
+    assert done.code == 0, done.stderr
+    changed = done.records()
+    answers = [{r["path"]: r["predictions"][0]["label"]
+                for r in map(json.loads, (run / "records.jsonl").read_text().splitlines())}
+               for run in (a, b)]
+    assert [row["path"] for row in changed] == [p for p in answers[0]
+                                                if answers[0][p] != answers[1][p]]
+    assert all(row["a"] == answers[0][row["path"]] and row["b"] == answers[1][row["path"]]
+               for row in changed)
+    difference = metrics[1]["top1"] - metrics[0]["top1"]
+    assert f"{difference:+.4f}" in done.stderr
+    line = next(line for line in done.stderr.splitlines() if "bootstrap interval" in line)
+    low, high = (float(v) for v in line.split("[")[1].rstrip("]").split(", "))
+    assert low <= difference <= high and low < high
+    again = cvtool("compare", a, b, "--bootstrap", "500", "--seed", "3", "--format", "jsonl")
+    assert line in again.stderr  # seeded
+    tolerance = abs(difference) / 2 if difference < 0 else 0.0
+    gated = cvtool("compare", a, b, "--fail-on-regression", f"top1={tolerance}")
+    assert gated.code == (4 if difference < 0 else 0), gated.stderr
+    if difference < 0:
+        assert "regression beyond the allowed drop: top1" in gated.stderr
+    assert cvtool("compare", a, a, "--fail-on-regression", "top1=0").code == 0
+    unknown = cvtool("compare", a, b, "--fail-on-regression", "miou=0.1")
+    assert unknown.code == 2 and "valid: top1" in unknown.stderr

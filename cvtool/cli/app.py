@@ -19,6 +19,7 @@ from cvtool.cli.options import (
     Device,
     InferenceOptions,
     Quiet,
+    Seed,
     Threads,
     inference_command,
 )
@@ -228,6 +229,36 @@ def segment_semantic(
         **common.predictor(), model=model or DEFAULT_SEMANTIC, weights=weights, encoder=encoder,
         gt_masks=gt_masks, ignore_index=ignore_index), evaluate=eval,
            fail_under=fail_under or [])
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The reference run (-o DIR).")],
+    run_b: Annotated[Path, typer.Argument(help="The candidate run.")],
+    format: INFERENCE_OPTIONS["format"] = None,
+    fail_on_regression: Annotated[Optional[list[str]], typer.Option(
+        "--fail-on-regression", metavar="METRIC=DELTA", help="Exit 4 when B's METRIC is more "
+        "than DELTA below A's; repeatable (the --fail-under metrics).",
+        show_default=False)] = None,
+    bootstrap: Annotated[int, typer.Option(
+        min=0, help="classify: resamples of a paired bootstrap interval for top-1's "
+                    "difference (0: none).")] = 0,
+    seed: Seed = 0,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Compare two runs over the same inputs: metrics side by side with B - A, and the inputs
+    answered differently (on stdout).
+
+    \b
+    Example:
+      cvtool compare runs/released runs/candidate --fail-on-regression top1=0.005 --bootstrap 1000
+    """
+    from cvtool.cli.compare import compare as run
+
+    env = current(quiet, debug)
+    finish(run, env, run_a, run_b, fmt=format, regressions=fail_on_regression or [],
+           bootstrap=bootstrap, seed=seed)
 
 
 @app.command()

@@ -162,6 +162,11 @@ class Classifier(Predictor):
                               recheck=self.settings.get("precision_asked") == "auto",
                               counts=self.counts)
 
+    def models_info(self) -> list[dict[str, Any]]:
+        # The labels too: `cvtool compare --bootstrap` matches --eval's labels to them.
+        return [{**info, "categories": list(loaded.categories)}
+                for info, loaded in zip(super().models_info(), _as_list(self.loaded))]
+
 
 class Detector(Predictor):
     """Boxes, labels and scores (`Detector`); with masks: `InstanceSegmenter`."""
