@@ -128,6 +128,8 @@ class EpochTrainer:
         # torchrun, DDP over it (gradients averaged across ranks). `model` itself is what is
         # evaluated and saved.
         forward = model if objective is None else objective(model)
+        if objective is not None:  # a GAN's step leaves one player's parameters unused
+            setattr(forward, distributed.UNUSED_PARAMETERS, True)
         self.train_module = (distributed.replicate(forward, device)
                              if distributed.WORLD.distributed else forward)
 
