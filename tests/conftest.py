@@ -29,17 +29,27 @@ def photo_paths() -> list[Path]:
     return paths
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """A real 2 MiB file system (tmpfs) to fill up: ENOSPC from the kernel, not a mock.
-    Mounting needs root (CI and the dev machines run as root); elsewhere the test skips."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)],
+def mounted_tmpfs(where: Path, options: str) -> Iterator[Path]:
+    """A real tmpfs mounted at `where` with `options` for the test's length. Mounting needs
+    root (CI and the dev machines run as root); elsewhere the test skips."""
+    where.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
                              capture_output=True, text=True)
     if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here: {mounted.stderr.strip()}")
     try:
-        yield disk
+        yield where
     finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 2 MiB file system (tmpfs) to fill up: ENOSPC from the kernel, not a mock."""
+    yield from mounted_tmpfs(tmp_path / "disk", "size=2m")
+
+
+@pytest.fixture
+def read_only(tmp_path: Path) -> Iterator[Path]:
+    """A real read-only file system: EROFS from the kernel."""
+    yield from mounted_tmpfs(tmp_path / "ro", "size=1m,ro")

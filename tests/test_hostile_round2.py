@@ -497,20 +497,6 @@ def test_records_file_that_is_not_a_file_is_exit_2(tmp_path: Path, kind: str,
 
 # 11. Read-only file systems -----------------------------------------------------------------
 
-@pytest.fixture()
-def read_only(tmp_path: Path):
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(disk)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield disk
-    finally:
-        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
-
-
 @pytest.mark.parametrize("args", [
     ["classify", str(DIGIT), "-m", "digits-cnn", "-o", "{ro}/out"],
     ["export", "digits-cnn", "-o", "{ro}/d.onnx"],
