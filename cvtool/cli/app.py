@@ -15,8 +15,10 @@ from cvtool.cli.bench import benchmark_device
 from cvtool.cli.data import data_app
 from cvtool.cli.options import (
     INFERENCE_OPTIONS,
+    ConfusionIou,
     Debug,
     Device,
+    FailUnder,
     InferenceOptions,
     Quiet,
     Seed,
@@ -69,14 +71,6 @@ def _root(version: Annotated[bool, typer.Option(
         "--version", help="Print the version.", is_eager=True, callback=_print_version)] = False,
           ) -> None:
     """Computer vision from the command line."""
-
-
-# The quality gate every scored command shares (cvtool/inference/scoring.py).
-FailUnder = Annotated[Optional[list[str]], typer.Option(
-    "--fail-under", metavar="METRIC=VALUE", help="With --eval: exit 4 (after writing every "
-    "record) when METRIC is below VALUE; repeatable. classify: top1, top5, macro_f1, ..., "
-    "class:LABEL/recall; detect: map, map50, class:LABEL/AP; segment-instance: segm_map; "
-    "segment-semantic: miou, class:LABEL/iou.", show_default=False)]
 
 
 @app.command()
@@ -153,6 +147,7 @@ def detect(
     save_crops: Annotated[bool, typer.Option(
         help="Also write each detection's crop under --output.")] = False,
     fail_under: FailUnder = None,
+    confusion_iou: ConfusionIou = 0.5,
     *,
     common: InferenceOptions,
 ) -> None:
@@ -163,7 +158,7 @@ def detect(
     finish(run, env, sources or [], common, DetectOptions(
         **common.predictor(), task=task, model=model, weights=weights, conf=conf,
         classes=classes or [], save_crops=save_crops), gt=gt, evaluate=eval,
-           fail_under=fail_under or [])
+           fail_under=fail_under or [], confusion_iou=confusion_iou)
 
 
 OFFLINE_DETECTORS = ("The default model's weights are torchvision's download (`cvtool models "
@@ -272,12 +267,18 @@ def merge(
     format: INFERENCE_OPTIONS["format"] = None,
     gt: Annotated[Optional[Path], typer.Option(
         help="COCO annotations, for --format coco image ids and --eval (detect, "
-             "segment-instance).", show_default=False)] = None,
+             "segment-instance); labels.csv for --eval of classify runs (without it: each "
+             "input's folder name).", show_default=False)] = None,
     gt_masks: Annotated[Optional[Path], typer.Option(
         help="Ground-truth mask folder, for --eval (segment-semantic).",
         show_default=False)] = None,
+    label_map: Annotated[Optional[Path], typer.Option(
+        help="--eval of classify runs: folder,label rows naming each folder's (or --gt "
+             "label's) model category.", show_default=False)] = None,
     eval: Annotated[bool, typer.Option(
         "--eval", help="Metrics of the merged set, as one run's --eval computes them.")] = False,
+    fail_under: FailUnder = None,
+    confusion_iou: ConfusionIou = 0.5,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -293,7 +294,8 @@ def merge(
     if output is None:
         raise UsageError("--output DIR is required: where the merged run goes")
     finish(run, env, directories or [], output, fmt=format, gt=gt, gt_masks=gt_masks,
-           evaluate=eval)
+           label_map=label_map, evaluate=eval, fail_under=fail_under or [],
+           confusion_iou=confusion_iou)
 
 
 @app.command()

@@ -55,15 +55,19 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
     predictor = Classifier(on_driver(options, engine), warn=env.warn, offline=env.offline)
     metrics = None
     if evaluate:
+        from cvtool.inference import eval_report
         from cvtool.inference.scoring import ClassificationScore, LabelSource
         from cvtool.io.writers import TeeWriter
 
         score = ClassificationScore(LabelSource(predictor.categories, gt, label_map), env.warn)
         writer, metrics = TeeWriter(writer, score), lambda: score.report(env.stderr)
+        pictures = lambda found, title: eval_report.classification(  # noqa: E731
+            found, score, title)
     return _stream(env, sources, common, predictor, writer,
                    {"batch_size": options.batch_size, "topk": options.topk, "tta": options.tta,
                     "gt": gt and str(gt), "label_map": label_map and str(label_map)},
-                   metrics, engine=engine, options=options, bars=bars)
+                   metrics, engine=engine, options=options, bars=bars,
+                   pictures=pictures if evaluate else None)
 
 
 def _bars(task: str, fail_under: list[str] | None, evaluate: bool) -> list[tuple[str, float]]:
@@ -116,9 +120,11 @@ def on_driver(options: Any, engine: Any) -> Any:
 def _stream(env: Environment, sources: list[str], common: InferenceOptions, predictor: Any,
             writer: Any, settings: dict[str, Any],
             metrics: Callable[[], dict[str, Any]] | None = None, *, engine: Any = None,
-            options: Any = None, bars: list[tuple[str, float]] | None = None) -> int:
+            options: Any = None, bars: list[tuple[str, float]] | None = None,
+            pictures: Callable[[dict[str, Any], str], Any] | None = None) -> int:
     """Every inference command's run: records streamed to `writer` (and to DIR/records.jsonl
-    under --output), the summary line, and run.json (with `metrics()`, when given, in it).
+    under --output), the summary line, and run.json (with `metrics()`, when given, in it);
+    under --output, `pictures(metrics, title)`'s plots and report.html (`eval_report`).
     Under --engine ray (`engine`), Ray's actors build their predictors from `options`."""
     from cvtool.inference import runs
     from cvtool.inference.runner import Tally, run_info, stream_records, write_run_json
@@ -156,6 +162,10 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
 
                 below = below_bars(predictor.task, settings["metrics"], bars)
                 settings["gate"] = {"bars": dict(bars), "passed": not below, "below": below}
+            if output is not None and pictures is not None:
+                write_pictures(env, output, pictures(settings["metrics"], eval_title(
+                    predictor.task, predictor.models_info(), settings.get("gate"))),
+                               settings.get("gate"))
         if engine is None:  # Ray's actors count on their own machines
             settings.update(predictor.counts)
         if output is not None:
@@ -179,6 +189,24 @@ def _stream(env: Environment, sources: list[str], common: InferenceOptions, pred
     if records_file is not None and records_file.earlier["failed"]:
         return ExitStatus.PARTIAL  # the whole run's status: an earlier part of it failed some
     return tally.status()
+
+
+def eval_title(task: str, models: list[dict[str, Any]], gate: dict[str, Any] | None) -> str:
+    names = ", ".join(str(model.get("name")) for model in models) or "?"
+    verdict = "" if gate is None else " - gate passed" if gate["passed"] else " - BELOW THE BAR"
+    return f"cvtool {task} --eval: {names}{verdict}"
+
+
+def write_pictures(env: Environment, output: Path, pictures: Any,
+                   gate: dict[str, Any] | None) -> None:
+    from cvtool.inference import eval_report
+
+    if gate is not None:
+        pictures.summary += [(f"--fail-under {name}", f"{bar:g}") for name, bar in
+                             gate["bars"].items()]
+        pictures.summary.append(("gate", "; ".join(gate["below"]) or "passed"))
+    written = eval_report.write(output, pictures)
+    env.log(f"evaluation report: {output / eval_report.REPORT} ({', '.join(written[:-1])})")
 
 
 def _records(env: Environment, predictor: Any, sources: Any, engine: Any,
@@ -293,7 +321,7 @@ def _write_rows(env: Environment, rows: list[dict[str, Any]], fmt: str) -> None:
 
 def detect(env: Environment, sources: list[str], common: InferenceOptions,
            options: DetectOptions, *, gt: Path | None, evaluate: bool,
-           fail_under: list[str] | None = None) -> int:
+           fail_under: list[str] | None = None, confusion_iou: float = 0.5) -> int:
     """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
     fmt = resolve_format(env, common.format, DETECTION_FORMATS)
     engine = check_inputs(sources, common)
@@ -318,10 +346,18 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
     writer, collector = detection_writer(env, fmt, options.task, ground_truth, evaluate)
     settings = {"batch_size": options.batch_size, "conf": options.conf,
                 "classes": options.classes, "gt": gt and str(gt), "mask_threshold": MASK_THRESHOLD}
-    metrics = (lambda: evaluate_detections(env, options.task, ground_truth, collector)) \
-        if evaluate else None
+    details: dict[str, Any] = {}
+    metrics = (lambda: evaluate_detections(env, options.task, ground_truth, collector,
+                                           confusion_iou, details)) if evaluate else None
     return _stream(env, sources, common, predictor, writer, settings, metrics, engine=engine,
-                   options=options, bars=bars)
+                   options=options, bars=bars,
+                   pictures=detection_pictures(collector, details) if evaluate else None)
+
+
+def detection_pictures(collector: Any, details: dict[str, Any]) -> Any:
+    from cvtool.inference import eval_report
+
+    return lambda found, title: eval_report.detection(found, details, collector.paths, title)
 
 
 def detection_writer(env: Environment, fmt: str, task: str, ground_truth: Any,
@@ -337,7 +373,8 @@ def detection_writer(env: Environment, fmt: str, task: str, ground_truth: Any,
 
 
 def evaluate_detections(env: Environment, task_name: str, ground_truth: dict[str, Any],
-              collector: Any) -> dict[str, dict[str, float]]:
+                        collector: Any, confusion_iou: float = 0.5,
+                        details: dict[str, Any] | None = None) -> dict[str, Any]:
     from cvtool.io import coco
 
     if missing := len(ground_truth["images"]) - len(set(collector.image_ids)):
@@ -350,7 +387,8 @@ def evaluate_detections(env: Environment, task_name: str, ground_truth: dict[str
         else:
             env.warn("--gt annotations lack \"segmentation\": mask metrics are left out")
     return coco.evaluate(ground_truth, collector.results, collector.image_ids, iou_types,
-                         env.stderr, per_class=True)
+                         env.stderr, per_class=True, confusion_iou=confusion_iou,
+                         details=details)
 
 
 def generate(env: Environment, options: GenerateOptions, *, steps_given: bool,
@@ -423,6 +461,12 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     writer = make_writer(fmt, env.stdout, predictor.task, env.no_color)
     settings = {"batch_size": options.batch_size, "gt_masks": options.gt_masks}
     evaluation = predictor.evaluation
+    if evaluation is None:
+        return _stream(env, sources, common, predictor, writer, settings, engine=engine,
+                       options=options)
+    from cvtool.inference import eval_report
+
     return _stream(env, sources, common, predictor, writer, settings,
-                   (lambda: evaluation.report(env.stderr)) if evaluation is not None else None,
-                   engine=engine, options=options, bars=bars)
+                   lambda: evaluation.report(env.stderr), engine=engine, options=options,
+                   bars=bars, pictures=lambda found, title: eval_report.semantic(
+                       found, evaluation, title))

@@ -33,6 +33,17 @@ OutputDir = Annotated[Optional[Path], typer.Option(
     "--output", "-o", help="Directory for artifacts and run.json.", show_default=False)]
 
 
+# The quality gate every scored command shares (cvtool/inference/scoring.py).
+FailUnder = Annotated[Optional[list[str]], typer.Option(
+    "--fail-under", metavar="METRIC=VALUE", help="With --eval: exit 4 (after writing every "
+    "record) when METRIC is below VALUE; repeatable. classify: top1, top5, macro_f1, ..., "
+    "class:LABEL/recall; detect: map, map50, class:LABEL/AP; segment-instance: segm_map; "
+    "segment-semantic: miou, class:LABEL/iou.", show_default=False)]
+ConfusionIou = Annotated[float, typer.Option(
+    min=0.0, max=1.0, help="With --eval: the box IoU at which the confusion matrix (and the "
+    "worst-case gallery under --output) counts a detection as finding an object.")]
+
+
 @dataclass(kw_only=True)
 class InferenceOptions(PredictorOptions):
     """The options every inference command takes: the predictor's 10, how the command talks to

@@ -33,3 +33,4 @@ def _writable(directory: Path) -> bool:
             return True
     except OSError:
         return False
+

@@ -41,14 +41,28 @@ class SegmentationInput:
     valid: tuple[int, int]  # (h, w) before padding
 
 
+WORST_CASES = 12  # the lowest per-image mIoU kept for the report's gallery
+WORST_SIDE = 256  # their masks kept at most this large (nearest), for the thumbnails
+
+
+@dataclass
+class WorstImage:
+    iou: float
+    path: str
+    truth: np.ndarray  # (h, w) at most WORST_SIDE a side
+    prediction: np.ndarray
+
+
 class Evaluation:
-    """Ground truth found per input, checked, and added to one confusion matrix."""
+    """Ground truth found per input, checked, and added to one confusion matrix; the images
+    of lowest mIoU kept (small) for the report's worst cases."""
 
     def __init__(self, masks: GroundTruthMasks, categories: list[str], ignore_index: int,
                  warn: Warn) -> None:
         self.masks, self.categories, self.ignore_index = masks, categories, ignore_index
         self.matrix = ConfusionMatrix(len(categories))
         self.warn, self.images = warn, 0
+        self.worst: list[WorstImage] = []
 
     def add(self, path: str, prediction: np.ndarray) -> InputError | None:
         found = self.masks.find(path)
@@ -61,21 +75,38 @@ class Evaluation:
                                       self.ignore_index)
         except InputFailure as failure:
             return failure.error
-        self.matrix.update(truth, prediction, self.ignore_index)
+        image = ConfusionMatrix(len(self.categories))
+        image.update(truth, prediction, self.ignore_index)
+        self.matrix.counts += image.counts
         self.images += 1
+        iou = image.miou()
+        if iou is not None:
+            self._keep(WorstImage(iou, path, _small(truth), _small(prediction)))
         return None
+
+    def _keep(self, worst: WorstImage) -> None:
+        self.worst.append(worst)
+        self.worst.sort(key=lambda item: item.iou)
+        del self.worst[WORST_CASES:]
+
+    def worst_cases(self) -> list[WorstImage]:
+        return list(self.worst)
 
     def take(self) -> dict[str, Any]:
         """What was added since the last take, as plain data, and reset (a Ray actor's
         share of the evaluation, for the driver's `absorb`)."""
-        taken = {"images": self.images, "counts": self.matrix.counts.tolist()}
+        taken = {"images": self.images, "counts": self.matrix.counts.tolist(),
+                 "worst": [(w.iou, w.path, w.truth, w.prediction) for w in self.worst]}
         self.matrix = ConfusionMatrix(len(self.categories))
-        self.images = 0
+        self.images, self.worst = 0, []
         return taken
 
     def absorb(self, taken: dict[str, Any]) -> None:
         self.matrix.counts += np.asarray(taken["counts"], dtype=np.int64)
         self.images += int(taken["images"])
+        for iou, path, truth, prediction in taken.get("worst", []):
+            self._keep(WorstImage(float(iou), str(path), np.asarray(truth),
+                                  np.asarray(prediction)))
 
     def report(self, stream: IO[str]) -> dict[str, Any]:
         """The metrics for run.json, also printed to `stream` as a small table."""
@@ -94,6 +125,13 @@ class Evaluation:
                       file=stream)
         stream.flush()
         return metrics
+
+
+def _small(mask: np.ndarray) -> np.ndarray:
+    """`mask` at most WORST_SIDE a side, every kept pixel an original one (nearest)."""
+    step = max(1, math.ceil(max(mask.shape) / WORST_SIDE))
+    return np.ascontiguousarray(mask[::step, ::step]).astype(np.uint8 if mask.max(
+        initial=0) < 256 else np.int64)
 
 
 class Segmenter:

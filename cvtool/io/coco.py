@@ -20,6 +20,7 @@ from cvtool.core import jsonfile
 from cvtool.core.context import Warn
 from cvtool.core.results import Record, shown
 from cvtool.core.status import UsageError
+from cvtool.io.coco_confusion import DEFAULT_IOU, confusion
 from cvtool.io.matching import TailIndex
 
 MAX_COCO_BYTES = 4 << 30  # COCO 2017 train instances: 448 MB
@@ -190,6 +191,7 @@ class ResultCollector:
             self.index.add(PurePath(image["file_name"]).parts, image["id"])
         self.results: list[dict[str, Any]] = []
         self.image_ids: list[int] = []  # inputs matched to the ground truth, in order
+        self.paths: dict[int, str] = {}  # each matched image's input path
         self.inputs = 0
 
     def write(self, record: Record) -> None:
@@ -200,6 +202,7 @@ class ResultCollector:
         if image_id is None:
             return
         self.image_ids.append(image_id)
+        self.paths[image_id] = record.path
         extra = {} if self.ground_truth else {"file_name": record.path}
         self.results.extend(as_result(d, image_id, extra) for d in record.payload["detections"])
 
@@ -223,11 +226,15 @@ def as_result(detection: dict[str, Any], image_id: int, extra: dict[str, Any]) -
 
 
 def evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], image_ids: list[int],
-             iou_types: tuple[str, ...], stderr: IO[str], per_class: bool = False
+             iou_types: tuple[str, ...], stderr: IO[str], per_class: bool = False,
+             confusion_iou: float = DEFAULT_IOU, details: dict[str, Any] | None = None
              ) -> dict[str, Any]:
     """COCOeval per IoU type on the matched images; its summary goes to `stderr`. With
     `per_class`, `metrics["per_class"][iou_type]` holds each category's row (`class_rows`),
-    also printed as a table."""
+    also printed as a table, and `metrics["confusion"]` the confusion matrix with background
+    at `confusion_iou` (`coco_confusion`). `details`, when given, receives what the report's
+    pictures need: `pr[iou_type]` (recall points, each category's precision at IoU 0.50) and
+    `errors` (each image's outcome)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
@@ -252,7 +259,22 @@ def evaluate(ground_truth: dict[str, Any], results: list[dict[str, Any]], image_
             rows = class_rows(evaluator, ground_truth["categories"])
             metrics.setdefault("per_class", {})[iou_type] = rows
             _print_class_rows(iou_type, rows, stderr)
+            if details is not None:
+                details.setdefault("pr", {})[iou_type] = _pr_points(evaluator)
+    if per_class:
+        metrics["confusion"], errors = confusion(ground_truth, results, image_ids, confusion_iou)
+        if details is not None:
+            details["errors"] = errors
     return metrics
+
+
+def _pr_points(evaluator: Any) -> dict[str, Any]:
+    """Each category's interpolated precision at IoU 0.50 (area all, 100 detections) over
+    COCOeval's 101 recall points; -1 where undefined."""
+    params = evaluator.params
+    area, last = params.areaRngLbl.index("all"), len(params.maxDets) - 1
+    return {"recall": params.recThrs,
+            "precision": evaluator.eval["precision"][0, :, :, area, last].T.copy()}
 
 
 def class_rows(evaluator: Any, categories: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cvtool.core.mpl import prepare_matplotlib
-from cvtool.io.writers import write_bytes, write_json
+from cvtool.io.figures import new_figure, save_figure
+from cvtool.io.writers import write_json
 
 if TYPE_CHECKING:
     from cvtool.data.classification import ClassificationData
@@ -43,7 +42,7 @@ def write_curves(run_dir: Path, history: list[dict[str, Any]], panels: Panels = 
         return []
     columns = min(3, len(filled))
     rows = -(-len(filled) // columns)
-    figure, grid = _figure(rows, columns, (4.6 * columns, 3.6 * rows), squeeze=False)
+    figure, grid = new_figure(rows, columns, (4.6 * columns, 3.6 * rows), squeeze=False)
     from matplotlib.ticker import MaxNLocator
 
     epochs = [row["epoch"] for row in history]
@@ -63,14 +62,14 @@ def write_curves(run_dir: Path, history: list[dict[str, Any]], panels: Panels = 
         axes.legend(fontsize="small")
     for axes in list(grid.flat)[len(filled):]:
         axes.set_visible(False)  # no empty panels
-    _save(figure, run_dir / CURVES)
+    save_figure(figure, run_dir / CURVES)
     return filled
 
 
 def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
                     title: str) -> None:
     size = min(12.0, 3 + 0.5 * len(classes))
-    figure, axes = _figure(1, 1, (size, size))
+    figure, axes = new_figure(1, 1, (size, size))
     axes.imshow(matrix, cmap="Blues")
     ticks = range(len(classes))
     axes.set_xticks(ticks, classes, rotation=90 if len(classes) > 10 else 0)
@@ -84,25 +83,7 @@ def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
             for j, count in enumerate(row):
                 axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
                           color="white" if count > peak / 2 else "black")
-    _save(figure, run_dir / CONFUSION)
-
-
-def _figure(rows: int, columns: int, size: tuple[float, float],
-            squeeze: bool = True) -> tuple[Any, Any]:
-    # A Figure without pyplot: no global backend state, no display needed.
-    prepare_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=size, layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure, figure.subplots(rows, columns, squeeze=squeeze)
-
-
-def _save(figure: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=100)
-    write_bytes(path, buffer.getvalue())
+    save_figure(figure, run_dir / CONFUSION)
 
 
 def write_summary(run_dir: Path, data: ClassificationData, evaluation: Evaluation,
