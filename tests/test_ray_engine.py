@@ -103,6 +103,12 @@ def test_ray_engine_equals_the_local_engine(task: str, scenes: Path, tmp_path: P
     assert _warnings(runs["ray"].stderr) == _warnings(runs["local"].stderr)
     if task == "segment-semantic":  # the missing mask, warned of in an actor
         assert any("has no mask" in line for line in _warnings(runs["ray"].stderr))
+    if "metrics" in info["local"]:  # the worst cases, gathered from the actors
+        tables = [(tmp_path / e / "report.html").read_text().partition(
+            '<table id="worst-cases">')[2].split("</table>")[0] for e in runs]
+        assert tables[0] == tables[1]
+        if task == "segment-semantic":  # every image has an mIoU
+            assert tables[0].count("<tr>") > 2
 
 
 def test_shard_failure_budget_and_resume_compose_with_ray(tmp_path: Path) -> None:

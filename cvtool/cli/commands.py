@@ -35,7 +35,7 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
              evaluate: bool = False, fail_under: list[str] | None = None) -> int:
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
     engine = check_inputs(sources, common)
-    bars = _bars("classify", fail_under, evaluate)
+    bars = quality_bars("classify", fail_under, evaluate)
     for flag, given in (("--gt", gt), ("--label-map", label_map)):
         if given is not None and not evaluate:
             raise UsageError(f"{flag} goes with --eval; add --eval to score the run")
@@ -70,7 +70,8 @@ def classify(env: Environment, sources: list[str], common: InferenceOptions,
                    pictures=pictures if evaluate else None)
 
 
-def _bars(task: str, fail_under: list[str] | None, evaluate: bool) -> list[tuple[str, float]]:
+def quality_bars(task: str, fail_under: list[str] | None,
+                 evaluate: bool) -> list[tuple[str, float]]:
     """--fail-under's bars, checked before any model loads."""
     if not fail_under:
         return []
@@ -325,7 +326,7 @@ def detect(env: Environment, sources: list[str], common: InferenceOptions,
     """`detect` and `segment-instance`: records, a COCO results list, metrics, artifacts."""
     fmt = resolve_format(env, common.format, DETECTION_FORMATS)
     engine = check_inputs(sources, common)
-    bars = _bars(options.task, fail_under, evaluate)
+    bars = quality_bars(options.task, fail_under, evaluate)
     if evaluate and gt is None:
         raise UsageError("--eval needs --gt annotations.json to compare against")
     if options.save_crops and options.output is None:
@@ -443,7 +444,7 @@ def segment_semantic(env: Environment, sources: list[str], common: InferenceOpti
     """`segment-semantic`: records with class pixel counts, mask PNGs and overlays, mIoU."""
     fmt = resolve_format(env, common.format, RECORD_FORMATS)
     engine = check_inputs(sources, common)
-    bars = _bars("segment-semantic", fail_under, evaluate)
+    bars = quality_bars("segment-semantic", fail_under, evaluate)
     if evaluate and options.gt_masks is None:
         raise UsageError("--eval needs --gt-masks DIR to compare against")
     if options.gt_masks is not None and not evaluate:

@@ -9,7 +9,9 @@ logit is positive. Images of the same preprocessed size share a forward pass.
 
 from __future__ import annotations
 
+import base64
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,7 +98,8 @@ class Evaluation:
         """What was added since the last take, as plain data, and reset (a Ray actor's
         share of the evaluation, for the driver's `absorb`)."""
         taken = {"images": self.images, "counts": self.matrix.counts.tolist(),
-                 "worst": [(w.iou, w.path, w.truth, w.prediction) for w in self.worst]}
+                 "worst": [(w.iou, w.path, _packed(w.truth), _packed(w.prediction))
+                           for w in self.worst]}
         self.matrix = ConfusionMatrix(len(self.categories))
         self.images, self.worst = 0, []
         return taken
@@ -105,8 +108,8 @@ class Evaluation:
         self.matrix.counts += np.asarray(taken["counts"], dtype=np.int64)
         self.images += int(taken["images"])
         for iou, path, truth, prediction in taken.get("worst", []):
-            self._keep(WorstImage(float(iou), str(path), np.asarray(truth),
-                                  np.asarray(prediction)))
+            self._keep(WorstImage(float(iou), str(path), _unpacked(truth),
+                                  _unpacked(prediction)))
 
     def report(self, stream: IO[str]) -> dict[str, Any]:
         """The metrics for run.json, also printed to `stream` as a small table."""
@@ -132,6 +135,18 @@ def _small(mask: np.ndarray) -> np.ndarray:
     step = max(1, math.ceil(max(mask.shape) / WORST_SIDE))
     return np.ascontiguousarray(mask[::step, ::step]).astype(np.uint8 if mask.max(
         initial=0) < 256 else np.int64)
+
+
+def _packed(mask: np.ndarray) -> dict[str, Any]:
+    """A kept mask as JSON carries it from a Ray actor: compressed bytes, shape, dtype."""
+    return {"shape": list(mask.shape), "dtype": str(mask.dtype),
+            "data": base64.b64encode(zlib.compress(mask.tobytes())).decode("ascii")}
+
+
+def _unpacked(packed: dict[str, Any]) -> np.ndarray:
+    dtype = np.dtype(packed["dtype"])
+    return np.frombuffer(zlib.decompress(base64.b64decode(packed["data"])),
+                         dtype=dtype).reshape(packed["shape"])
 
 
 class Segmenter:
