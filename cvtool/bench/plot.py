@@ -4,13 +4,11 @@ TFLOP/s."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 from cvtool.bench.runner import BenchResult
-from cvtool.core.mpl import prepare_matplotlib
-from cvtool.io.writers import write_bytes
+from cvtool.io.figures import new_figure, save_figure
 
 
 def _series(results: list[BenchResult], metric: str) -> dict[str, dict[str, float]]:
@@ -54,15 +52,8 @@ def _peak_label() -> str:
 
 
 def write_plot(results: list[BenchResult], path: Path, title: str) -> None:
-    # Figure without pyplot: no global backend state, no display needed.
-    prepare_matplotlib()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     cases = list(dict.fromkeys(r.case for r in results))
-    figure = Figure(figsize=(max(10.0, 0.45 * len(cases)), 10), layout="constrained")
-    FigureCanvasAgg(figure)
-    top, bottom = figure.subplots(2, 1)
+    figure, (top, bottom) = new_figure(2, 1, (max(10.0, 0.45 * len(cases)), 10))
     speedups = {k: v for k, v in _series(results, "speedup").items() if not k.startswith("cpu")}
     if speedups:
         _bars(top, speedups, cases, "speedup over CPU (x)")
@@ -71,6 +62,4 @@ def write_plot(results: list[BenchResult], path: Path, title: str) -> None:
         top.axhline(100, color="0.35", linestyle="--", linewidth=1)
     _bars(bottom, _series(results, "tflops"), cases, "TFLOP/s")
     figure.suptitle(title)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110)
-    write_bytes(path, buffer.getvalue())
+    save_figure(figure, path, dpi=110)

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cvtool.core.results import InputFailure, shown
+from cvtool.io.charts import bar_picture, confusion_picture, short
 from cvtool.io.figures import new_figure, save_figure
 from cvtool.io.writers import write_bytes
 
@@ -101,31 +102,13 @@ def _confusion(path: Path, labels: list[str], counts: np.ndarray, unit: str, tit
         errors = counts.sum(0) + counts.sum(1) - 2 * np.diag(counts)
         keep = np.sort(np.argsort(-errors, kind="stable")[:MATRIX_CLASSES])
         note = f" ({MATRIX_CLASSES} of {len(labels)} classes: the most errors)"
-    shown_labels = [_short(labels[k]) for k in keep]
     counts = counts[np.ix_(keep, keep)]
     rows = counts.sum(1, keepdims=True)
     shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
-    side = min(9.0, 2.5 + 0.38 * len(keep))
-    figure, (left, right) = new_figure(1, 2, (2 * side + 1.5, side + 0.8))
-    for axes, values, name in ((left, counts, unit), (right, shares, "share of the true row")):
-        image = axes.imshow(values, cmap="Blues", vmin=0)
-        ticks = range(len(keep))
-        axes.set_xticks(ticks, shown_labels, rotation=90 if len(keep) > 6 else 0, fontsize=8)
-        axes.set_yticks(ticks, shown_labels, fontsize=8)
-        axes.set_xlabel("predicted")
-        axes.set_ylabel("true")
-        axes.set_title(name)
-        figure.colorbar(image, ax=axes, shrink=0.8)
-        if len(keep) <= 20:
-            peak = float(values.max()) or 1.0
-            for i in range(len(keep)):
-                for j in range(len(keep)):
-                    value = values[i, j]
-                    text = f"{value:.2f}" if values is shares else _count(int(value))
-                    axes.text(j, i, text, ha="center", va="center", fontsize=7,
-                              color="white" if value > peak / 2 else "black")
-    figure.suptitle(title + note)
-    save_figure(figure, path)
+    picture = confusion_picture([labels[k] for k in keep],
+                                [(counts, unit, "count"), (shares, "share of the true row",
+                                                           "share")], title + note)
+    _save_png(path, picture)
 
 
 def _per_class(path: Path, labels: list[str], series: dict[str, list[float]],
@@ -133,24 +116,16 @@ def _per_class(path: Path, labels: list[str], series: dict[str, list[float]],
     first = next(iter(series.values()))
     order = np.argsort(np.asarray(first, dtype=np.float64), kind="stable")[:BAR_CLASSES]
     note = f" (the {BAR_CLASSES} lowest of {len(labels)})" if len(labels) > BAR_CLASSES else ""
-    figure, axes = new_figure(1, 1, (8.0, 1.4 + 0.32 * len(order) * max(1, len(series) / 2)))
-    height = 0.8 / len(series)
-    for number, (name, values) in enumerate(series.items()):
-        positions = np.arange(len(order)) + (number - (len(series) - 1) / 2) * height
-        bars = axes.barh(positions, [max(0.0, values[k]) for k in order], height=height,
-                         label=name)
-        if number == 0:  # the sorting series' values, so a zero bar still reads as one
-            axes.bar_label(bars, [number_text(values[k]) for k in order], fontsize=7,
-                           padding=2)
-    axes.set_yticks(range(len(order)), [_short(labels[k]) for k in order], fontsize=8)
-    axes.invert_yaxis()  # the worst at the top
-    axes.set_xlim(0, 1.08)
-    axes.set_xlabel(what)
-    axes.grid(axis="x", alpha=0.3)
-    axes.legend(fontsize="small", loc="lower right", bbox_to_anchor=(1.0, 1.0),
-                ncols=len(series), frameon=False)
-    axes.set_title(f"per class{note}", loc="left")
-    save_figure(figure, path)
+    picture = bar_picture([labels[k] for k in order],
+                          {name: [values[k] for k in order] for name, values in series.items()},
+                          what, f"per class, the lowest first{note}")
+    _save_png(path, picture)
+
+
+def _save_png(path: Path, picture: Image.Image) -> None:
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    write_bytes(path, buffer.getvalue())
 
 
 def _pr_curves(path: Path, labels: list[str], recall: np.ndarray, precision: np.ndarray) -> None:
@@ -160,7 +135,7 @@ def _pr_curves(path: Path, labels: list[str], recall: np.ndarray, precision: np.
     drawn = sorted(defined, key=lambda k: -areas[k])[:PR_CLASSES]
     for k in drawn:
         values = np.where(precision[k] > -1, precision[k], np.nan)
-        axes.plot(recall, values, linewidth=1.5, label=f"{_short(labels[k])} {areas[k]:.3f}")
+        axes.plot(recall, values, linewidth=1.5, label=f"{short(labels[k])} {areas[k]:.3f}")
     if len(drawn) > 1:
         mean = np.nanmean(np.where(precision[drawn] > -1, precision[drawn], np.nan), axis=0)
         axes.plot(recall, mean, color="black", linewidth=3,
@@ -201,20 +176,18 @@ def _gallery(path: Path, cases: list[Case],
         top = header + 8 + (number // columns) * (TILE + caption_height + 8)
         sheet.paste(picture, (left + (TILE - picture.width) // 2,
                               top + (TILE - picture.height) // 2))
-        lines = [_short(Path(case.path).name, 34), _short(case.caption, 34)]
+        lines = [short(Path(case.path).name, 34), short(case.caption, 34)]
         for line_number, line in enumerate(lines):
             sheet.paste((0, 0, 0), (left, top + TILE + 3 + 15 * line_number),
                         text_mask(line, 12))
-    buffer = io.BytesIO()
-    sheet.save(buffer, format="PNG")
-    write_bytes(path, buffer.getvalue())
+    _save_png(path, sheet)
 
 
 def _placeholder(message: str) -> Image.Image:
     from cvtool.io.annotate import text_mask
 
     tile = Image.new("RGB", (TILE, TILE), (230, 230, 230))
-    tile.paste((90, 90, 90), (6, TILE // 2 - 6), text_mask(_short(message, 32), 12))
+    tile.paste((90, 90, 90), (6, TILE // 2 - 6), text_mask(short(message, 32), 12))
     return tile
 
 
@@ -301,19 +274,6 @@ def number(value: Any) -> str:
     if isinstance(value, float):
         return "-" if value < 0 or math.isnan(value) else f"{value:.4f}"
     return str(value)
-
-
-def number_text(value: float) -> str:
-    return "-" if value < 0 else f"{value:.2f}"
-
-
-def _short(text: str, limit: int = 24) -> str:
-    text = shown(str(text))
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
-def _count(value: int) -> str:
-    return f"{value / 1000:.1f}k" if value >= 10_000 else str(value)
 
 
 # what each task shows ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path, PurePath
@@ -75,15 +76,18 @@ class LabelSource:
             for path, label in read_pairs(gt, "--gt"):
                 self.by_path.add(PurePath(path).parts, label)
         self.unknown: dict[str, int] = {}
+        self.known: dict[str, int | None] = {}
 
     def index_of(self, path: str) -> int | None:
         if self.by_path is not None:
             name = self.by_path.find(PurePath(path).parts)
         else:
-            name = PurePath(path).parent.name or None
+            name = os.path.basename(os.path.dirname(path)) or None
         if name is None:
             return None
-        index = self.lookup(self.mapping.get(name, name))
+        if name not in self.known:  # a folder's name is looked up once
+            self.known[name] = self.lookup(self.mapping.get(name, name))
+        index = self.known[name]
         if index is None:
             self.unknown[name] = self.unknown.get(name, 0) + 1
         return index

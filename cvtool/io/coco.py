@@ -304,25 +304,26 @@ def class_rows(evaluator: Any, categories: list[dict[str, Any]]) -> list[dict[st
 
 
 def _match_counts(evaluator: Any, area: int) -> dict[int, tuple[int, int, int]]:
-    """(tp, fp, misses) per category at the first IoU threshold (0.50)."""
+    """(tp, fp, misses) per category at the first IoU threshold (0.50), each category's
+    per-image match arrays joined once rather than counted image by image."""
     import numpy as np
 
-    counts: dict[int, list[int]] = {}
+    counts: dict[int, tuple[int, int, int]] = {}
     areas = len(evaluator.params.areaRng)
     images = len(evaluator.params.imgIds)
     for k, category_id in enumerate(evaluator.params.catIds):
-        tally = counts.setdefault(category_id, [0, 0, 0])
-        for i in range(images):
-            entry = evaluator.evalImgs[(k * areas + area) * images + i]
-            if entry is None:
-                continue
-            kept = ~np.asarray(entry["dtIgnore"][0], dtype=bool)
-            matched = np.asarray(entry["dtMatches"][0]) > 0
-            tally[0] += int((matched & kept).sum())
-            tally[1] += int((~matched & kept).sum())
-            truth = ~np.asarray(entry["gtIgnore"], dtype=bool)
-            tally[2] += int(((np.asarray(entry["gtMatches"][0]) == 0) & truth).sum())
-    return {key: (value[0], value[1], value[2]) for key, value in counts.items()}
+        start = (k * areas + area) * images
+        entries = [e for e in evaluator.evalImgs[start:start + images] if e is not None]
+        if not entries:
+            counts[category_id] = (0, 0, 0)
+            continue
+        matched = np.concatenate([e["dtMatches"][0] for e in entries]) > 0
+        kept = ~np.concatenate([e["dtIgnore"][0] for e in entries]).astype(bool)
+        found = np.concatenate([e["gtMatches"][0] for e in entries]) > 0
+        truth = ~np.concatenate([np.asarray(e["gtIgnore"]) for e in entries]).astype(bool)
+        counts[category_id] = (int((matched & kept).sum()), int((~matched & kept).sum()),
+                               int((~found & truth).sum()))
+    return counts
 
 
 def _print_class_rows(iou_type: str, rows: list[dict[str, Any]], stream: IO[str]) -> None:

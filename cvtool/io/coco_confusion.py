@@ -66,8 +66,10 @@ def confusion(ground_truth: dict[str, Any], results: list[dict[str, Any]],
                                              [a["bbox"] for a in truth], crowd))
                     .reshape(len(found), len(truth)) if truth and found
                     else np.zeros((len(found), len(truth))))
-        pairs = sorted(((overlaps[d, g], g, d) for d, g in zip(*np.nonzero(overlaps >= iou))
-                        if not crowd[g]), reverse=True)
+        rows, cols = np.nonzero(overlaps >= iou)
+        pairs = sorted(((value, g, d) for value, d, g in zip(
+            overlaps[rows, cols].tolist(), rows.tolist(), cols.tolist()) if not crowd[g]),
+            reverse=True)
         used_objects: set[int] = set()
         used_detections: set[int] = set()
         matches = []
@@ -87,8 +89,9 @@ def confusion(ground_truth: dict[str, Any], results: list[dict[str, Any]],
                 counts[column[annotation["category_id"]], background] += 1
                 misses += 1
         false_positives = 0
+        crowds = [g for g, is_crowd in enumerate(crowd) if is_crowd]
         for d, detection in enumerate(found):
-            over_crowd = any(crowd[g] and overlaps[d, g] >= iou for g in range(len(truth)))
+            over_crowd = bool(crowds) and any(overlaps[d, g] >= iou for g in crowds)
             if d not in used_detections and not over_crowd:
                 counts[background, column[detection["category_id"]]] += 1
                 false_positives += 1

@@ -29,3 +29,4 @@ def save_figure(figure: Any, path: Path, dpi: int = 100) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
     write_bytes(path, buffer.getvalue())
+

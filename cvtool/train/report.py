@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cvtool.io.figures import new_figure, save_figure
-from cvtool.io.writers import write_json
+from cvtool.io.writers import write_bytes, write_json
 
 if TYPE_CHECKING:
     from cvtool.data.classification import ClassificationData
@@ -68,22 +69,19 @@ def write_curves(run_dir: Path, history: list[dict[str, Any]], panels: Panels = 
 
 def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
                     title: str) -> None:
-    size = min(12.0, 3 + 0.5 * len(classes))
-    figure, axes = new_figure(1, 1, (size, size))
-    axes.imshow(matrix, cmap="Blues")
-    ticks = range(len(classes))
-    axes.set_xticks(ticks, classes, rotation=90 if len(classes) > 10 else 0)
-    axes.set_yticks(ticks, classes)
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true")
-    axes.set_title(title)
-    if len(classes) <= 20:  # counts stay legible up to about this many classes
-        peak = max(max(row) for row in matrix) or 1
-        for i, row in enumerate(matrix):
-            for j, count in enumerate(row):
-                axes.text(j, i, str(count), ha="center", va="center", fontsize=8,
-                          color="white" if count > peak / 2 else "black")
-    save_figure(figure, run_dir / CONFUSION)
+    """Counts and row shares side by side, drawn as `--eval` draws its matrix."""
+    import numpy as np
+
+    from cvtool.io.charts import confusion_picture
+
+    counts = np.asarray(matrix, dtype=np.int64)
+    rows = counts.sum(1, keepdims=True)
+    shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
+    picture = confusion_picture(classes, [(counts, "val images", "count"),
+                                          (shares, "share of the true row", "share")], title)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    write_bytes(run_dir / CONFUSION, buffer.getvalue())
 
 
 def write_summary(run_dir: Path, data: ClassificationData, evaluation: Evaluation,
