@@ -15,14 +15,13 @@ self-contained `report.html` holding them.
   (one file to attach to a CI job); no script, no external request (a Content-Security-Policy
   forbids any), every text from the inputs or the model escaped.
 
-Pillow and matplotlib only; every file is written atomically.
+Pillow draws all but the PR curves (matplotlib); every file is written atomically.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from cvtool.core.results import InputFailure, shown
+from cvtool.io.annotate import encoded
 from cvtool.io.charts import bar_picture, confusion_picture, short
 from cvtool.io.figures import new_figure, save_figure
 from cvtool.io.writers import write_bytes
@@ -123,9 +123,7 @@ def _per_class(path: Path, labels: list[str], series: dict[str, list[float]],
 
 
 def _save_png(path: Path, picture: Image.Image) -> None:
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    write_bytes(path, buffer.getvalue())
+    write_bytes(path, encoded(picture, ".png"))
 
 
 def _pr_curves(path: Path, labels: list[str], recall: np.ndarray, precision: np.ndarray) -> None:

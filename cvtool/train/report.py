@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +71,7 @@ def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
     """Counts and row shares side by side, drawn as `--eval` draws its matrix."""
     import numpy as np
 
+    from cvtool.io.annotate import encoded
     from cvtool.io.charts import confusion_picture
 
     counts = np.asarray(matrix, dtype=np.int64)
@@ -79,9 +79,7 @@ def write_confusion(run_dir: Path, matrix: list[list[int]], classes: list[str],
     shares = np.divide(counts, rows, out=np.zeros(counts.shape), where=rows > 0)
     picture = confusion_picture(classes, [(counts, "val images", "count"),
                                           (shares, "share of the true row", "share")], title)
-    buffer = io.BytesIO()
-    picture.save(buffer, format="PNG")
-    write_bytes(run_dir / CONFUSION, buffer.getvalue())
+    write_bytes(run_dir / CONFUSION, encoded(picture, ".png"))
 
 
 def write_summary(run_dir: Path, data: ClassificationData, evaluation: Evaluation,
