@@ -203,3 +203,20 @@ def test_report_renders_in_headless_chromium_without_leaving_its_folder(
     assert rendered["hostile"] and rendered["top1"]
     picture = np.asarray(Image.open(tmp_path / "report.png").convert("L"))
     assert len(shot) > 10_000 and picture.shape[0] > 1000 and picture.std() > 10
+
+
+def test_a_worst_case_input_gone_since_is_a_placeholder_not_an_error(labelled: Path,
+                                                                      tmp_path: Path) -> None:
+    folder = tmp_path / "digits"
+    shutil.copytree(labelled, folder)
+    shard = tmp_path / "shard"
+    assert cvtool("classify", folder, "-m", "digits-cnn", "-o", shard).code == 0
+    for path in folder.glob("1/*7*"):  # the misfiled sevens: the gallery's two entries
+        path.unlink()
+    (folder / "1" / f"{HOSTILE}.png").unlink()
+    merged = tmp_path / "merged"
+    done = cvtool("merge", shard, "-o", merged, "--eval")
+    assert done.code == 0, done.stderr
+    gallery = np.asarray(_png(merged / "worst_cases.png").convert("L"))
+    assert (gallery == 230).mean() > 0.3  # grey placeholder tiles, saying why
+    assert "true 1, said 7" in (merged / "report.html").read_text()
