@@ -44,6 +44,7 @@ class Chromium:
         self.process = subprocess.Popen(
             [binary, "--headless", "--remote-debugging-pipe", "--no-sandbox", "--disable-gpu",
              "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+             "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB
              "--disable-background-networking", "--disable-component-update",
              f"--user-data-dir={self.profile}", "about:blank"],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
