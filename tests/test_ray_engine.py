@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -179,16 +180,26 @@ def test_killed_actors_leave_stdout_to_records(tmp_path: Path) -> None:
     folder.mkdir()
     for number in range(120):
         shutil.copy(DIGITS[number % len(DIGITS)], folder / f"d{number:03}.png")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cvtool", "classify", str(folder), "-m", "digits-cnn",
-         "--engine", "ray", "--actors", "2", "-b", "1"], stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    with open(tmp_path / "stderr", "wb") as stderr_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "cvtool", "classify", str(folder), "-m", "digits-cnn",
+             "--engine", "ray", "--actors", "2", "-b", "1"], stdout=subprocess.PIPE,
+            stderr=stderr_file, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     first = process.stdout.readline()  # the actors are running
     killed = subprocess.run(["pkill", "-9", "-f", r"ray::MapWorker\(MapBatches\(PredictorActor"],
                             capture_output=True)
     started = time.monotonic()
-    rest, stderr = process.communicate(timeout=300)
-    lines = [first, *rest.splitlines(keepends=True)]
+    # The rest through the same buffered reader: readline may have read ahead past the first
+    # line, and communicate() would read the pipe beneath it, losing that part.
+    rest: list[bytes] = []
+    reader = threading.Thread(target=lambda: rest.append(process.stdout.read()))
+    reader.start()
+    reader.join(timeout=300)
+    if reader.is_alive():
+        process.kill()
+    process.wait(timeout=60)
+    stderr = (tmp_path / "stderr").read_bytes()
+    lines = [first, *rest[0].splitlines(keepends=True)]
     assert killed.returncode == 0 and time.monotonic() - started < 300
     assert process.returncode in (0, 1, 3), stderr.decode()
     records = [json.loads(line) for line in lines if line.strip()]
