@@ -17,7 +17,7 @@ import io
 import os
 import stat
 from pathlib import Path
-from typing import IO, BinaryIO
+from typing import IO, BinaryIO, cast
 
 _KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
@@ -54,7 +54,7 @@ def _checked(fd: int, path: str | Path, mode: str) -> BinaryIO:
             name = next((name for test, name in _KINDS if test(kind)), "not a regular file")
             raise NotRegularFile(0, f"{name}, not a regular file", str(path))
         os.set_blocking(fd, True)
-        return os.fdopen(fd, mode)
+        return cast(BinaryIO, os.fdopen(fd, mode))
     except BaseException:
         os.close(fd)
         raise

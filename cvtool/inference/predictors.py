@@ -154,6 +154,7 @@ class Classifier(Predictor):
 
     task = "classify"
     options_type = ClassifyOptions
+    options: ClassifyOptions
 
     def _build(self) -> tuple[Any, Any]:
         from cvtool.inference import classify
@@ -173,6 +174,7 @@ class Detector(Predictor):
 
     task = "detect"
     options_type = DetectOptions
+    options: DetectOptions
 
     def __init__(self, options: DetectOptions | None = None, /, *, warn: Warn | None = None,
                  offline: bool | None = None, own_output: bool = True, **kwargs: Any) -> None:
@@ -202,6 +204,7 @@ class SemanticSegmenter(Predictor):
 
     task = "segment-semantic"
     options_type = SegmentOptions
+    options: SegmentOptions
 
     def _build(self) -> tuple[Any, Any]:
         from cvtool.inference import segment_semantic
@@ -283,7 +286,7 @@ class Generator:
         on the same device gives the same pixels. Unset arguments come from the options."""
         from cvtool.inference import generate
 
-        changes = {key: value for key, value in (("num", num), ("seed", seed),
+        changes: dict[str, Any] = {key: value for key, value in (("num", num), ("seed", seed),
                    ("interpolate", interpolate), ("steps", steps),
                    ("temperature", temperature)) if value is not None}
         options = dataclasses.replace(self.options, **changes)

@@ -266,8 +266,8 @@ def metric_value(task: str, metrics: dict[str, Any], name: str) -> float | None:
             rows = rows.get("bbox") or []
         for row in rows:
             if row["label"] == label:
-                value = row.get(key)
-                return None if value is None or value < 0 else float(value)
+                found = row.get(key)
+                return None if found is None or found < 0 else float(found)
         known = ", ".join(repr(row["label"]) for row in rows[:10])
         raise UsageError(f"--fail-under {name}: no class {label!r} in the metrics (classes "
                          f"scored: {known or 'none'})")
