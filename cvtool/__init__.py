@@ -13,7 +13,20 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+
+
+def _version() -> str:
+    """pyproject.toml's version, as the installed package's metadata has it (the one place it
+    is written)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("cvtool")
+    except metadata.PackageNotFoundError:  # a source tree that was never installed
+        return "0+unknown"
+
+
+__version__ = _version()
 
 _PUBLIC = {
     "Classifier": "cvtool.inference.predictors",

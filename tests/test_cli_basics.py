@@ -46,8 +46,11 @@ def test_shell_completion_completes_commands_and_options_without_torch():
 
 
 def test_version_and_module_entry_point():
+    import tomllib
+
     result = cvtool_process("--version")
-    assert result.code == 0 and result.stdout.startswith("cvtool ")
+    written = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert result.code == 0 and result.stdout == f"cvtool {written}\n"  # one place: pyproject
 
 
 def test_unknown_command_and_option_are_usage_errors():

@@ -1,6 +1,6 @@
 """`cvtool export`: a model as ONNX or OpenVINO IR, verified against eager PyTorch first.
 
-`exporter` runs it (`api`: from Python), `sources` loads what is exported per task, `fold` folds
+`exporter` runs it (`api`: from Python), `exportable` loads what is exported per task, `fold` folds
 batch norms, `verify` compares the runtime's outputs with eager PyTorch's. What an export file
 holds and how inference runs one: `cvtool.models.exported` and `cvtool.models.runtimes`. No
 torch here.

@@ -29,7 +29,7 @@ from cvtool.core.context import Warn
 from cvtool.core.results import one_line
 from cvtool.core.status import UsageError
 from cvtool.export import ExportOptions, require_runtime, verify
-from cvtool.export.sources import Source, load_source
+from cvtool.export.exportable import Exportable, load_source
 from cvtool.io.writers import strict_json, write_bytes
 from cvtool.models.exported import METADATA_KEY, OPENVINO_FILE, exported_format
 from cvtool.models.fold import fold_batch_norms
@@ -96,7 +96,7 @@ def _check_output(output: Path, fmt: str, options: ExportOptions) -> None:
     output.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _summary(source: Source, options: ExportOptions, fmt: str,
+def _summary(source: Exportable, options: ExportOptions, fmt: str,
              checked: dict[str, Any]) -> dict[str, Any]:
     return {"model": source.name, "task": source.task, "format": fmt, "output": options.output,
             "opset": source.meta["opset"], "input": source.meta["input"],
@@ -109,7 +109,7 @@ class Graph(nn.Module):
     """The model as both exporters see it: one input tensor in (a detector's one image), its
     outputs out as a tuple in the metadata's order."""
 
-    def __init__(self, module: nn.Module, source: Source) -> None:
+    def __init__(self, module: nn.Module, source: Exportable) -> None:
         super().__init__()
         self.module, self.task, self.outputs = module, source.task, source.outputs
 
@@ -126,7 +126,7 @@ class Graph(nn.Module):
 class OnnxArtifact:
     """torch.onnx's TorchScript-based exporter; the file is held in memory until written."""
 
-    def __init__(self, graph: Graph, source: Source, opset: int, work: Path) -> None:
+    def __init__(self, graph: Graph, source: Exportable, opset: int, work: Path) -> None:
         import onnx
 
         path = work / "model.onnx"
@@ -165,7 +165,7 @@ class OpenVinoArtifact:
     of uninitialised memory for an image with no detections (OpenVINO 2026.4); from PyTorch,
     they return none, as eager PyTorch does."""
 
-    def __init__(self, graph: Graph, source: Source) -> None:
+    def __init__(self, graph: Graph, source: Exportable) -> None:
         import openvino as ov
 
         example = source.inputs[0][1]
@@ -203,7 +203,7 @@ class OpenVinoArtifact:
                 "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def check(source: Source, runtime: RuntimeModule) -> dict[str, Any]:
+def check(source: Exportable, runtime: RuntimeModule) -> dict[str, Any]:
     """The runtime's outputs against the eager model's on every verification input."""
     result = verify.Comparison()
     with torch.inference_mode():
@@ -217,7 +217,7 @@ def check(source: Source, runtime: RuntimeModule) -> dict[str, Any]:
     return result.summary()
 
 
-def compare_one(source: Source, runtime: RuntimeModule, name: str, given: Any,
+def compare_one(source: Exportable, runtime: RuntimeModule, name: str, given: Any,
                 result: verify.Comparison) -> None:
     eager = source.call(source.module, given)
     exported = source.call(runtime, given)  # type: ignore[arg-type]

@@ -27,7 +27,7 @@ DETECTION_TASKS = ("detect", "segment-instance")
 
 
 @dataclass
-class Source:
+class Exportable:
     """What is exported: the eager model, its inputs for tracing and checking, its metadata."""
 
     task: str
@@ -48,7 +48,7 @@ class Source:
         return output["out"] if isinstance(output, dict) else output
 
 
-def load_source(options: ExportOptions, warn: Warn) -> Source:
+def load_source(options: ExportOptions, warn: Warn) -> Exportable:
     task = model_task(options.model)
     if options.image_size is not None and task != "classify":
         raise UsageError("--image-size applies to classifiers; detectors and segmenters are "
@@ -101,7 +101,7 @@ def _weights(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def _classifier(options: ExportOptions, task: str, images: list[tuple[str, Any]],
-                warn: Warn) -> Source:
+                warn: Warn) -> Exportable:
     from cvtool.models.classification import load_classifier
 
     loaded = load_classifier(options.model, options.weights, warn=warn)
@@ -112,11 +112,11 @@ def _classifier(options: ExportOptions, task: str, images: list[tuple[str, Any]]
     inputs = [(name, transforms(image)[None]) for name, image in images]
     height, width = inputs[0][1].shape[-2:]
     batch = None if options.dynamic_batch else 1
-    return Source(task, loaded.name, loaded.module.eval(), inputs, "image",
-                  {0: "batch"} if options.dynamic_batch else {}, ["logits"],
-                  {"categories": loaded.categories, "preprocessing": preprocessing,
-                   "input": {"batch": batch, "height": int(height), "width": int(width)},
-                   **_weights(loaded)})
+    return Exportable(task, loaded.name, loaded.module.eval(), inputs, "image",
+                      {0: "batch"} if options.dynamic_batch else {}, ["logits"],
+                      {"categories": loaded.categories, "preprocessing": preprocessing,
+                       "input": {"batch": batch, "height": int(height), "width": int(width)},
+                       **_weights(loaded)})
 
 
 def _resized(transforms: Any, size: list[int]) -> Any:
@@ -148,7 +148,7 @@ def _size(size: Any) -> int | list[int] | None:
 
 
 def _segmenter(options: ExportOptions, task: str, images: list[tuple[str, Any]],
-               warn: Warn) -> Source:
+               warn: Warn) -> Exportable:
     from cvtool.inference.segment_semantic import pad_to
     from cvtool.models.segmentation import load_segmenter
 
@@ -163,18 +163,18 @@ def _segmenter(options: ExportOptions, task: str, images: list[tuple[str, Any]],
     preprocessing = {"resize_size": _size(transforms.resize_size), "mean": list(transforms.mean),
                      "std": list(transforms.std),
                      "interpolation": transforms.interpolation.value}
-    return Source(task, loaded.name, module, inputs, "image",
-                  {0: "batch", 2: "height", 3: "width"}, outputs,
-                  {"categories": loaded.categories, "preprocessing": preprocessing,
-                   "input": {"batch": None, "height": None, "width": None},
-                   "segmentation": {"input_multiple": loaded.input_multiple,
-                                    "min_input_side": loaded.min_input_side,
-                                    "encoder": loaded.encoder},
-                   **_weights(loaded)})
+    return Exportable(task, loaded.name, module, inputs, "image",
+                      {0: "batch", 2: "height", 3: "width"}, outputs,
+                      {"categories": loaded.categories, "preprocessing": preprocessing,
+                       "input": {"batch": None, "height": None, "width": None},
+                       "segmentation": {"input_multiple": loaded.input_multiple,
+                                        "min_input_side": loaded.min_input_side,
+                                        "encoder": loaded.encoder},
+                       **_weights(loaded)})
 
 
 def _detector(options: ExportOptions, task: str, images: list[tuple[str, Any]],
-              warn: Warn) -> Source:
+              warn: Warn) -> Exportable:
     from cvtool.models.detection import load_detector
 
     loaded = load_detector(options.model, options.weights, task, warn=warn)
@@ -187,11 +187,12 @@ def _detector(options: ExportOptions, task: str, images: list[tuple[str, Any]],
     inputs = [inputs[i] for i in sorted(range(len(inputs)), key=lambda i: not len(
         found[i]["scores"]))]
     heads = getattr(module, "roi_heads", module)
-    return Source(task, loaded.name, module, inputs, "image", {1: "height", 2: "width"}, outputs,
-                  {"categories": loaded.categories,
-                   "input": {"batch": 1, "height": None, "width": None},
-                   "detection": {"score_thresh": float(getattr(heads, "score_thresh", 0.0))},
-                   **_weights(loaded)})
+    return Exportable(task, loaded.name, module, inputs, "image", {1: "height", 2: "width"},
+                      outputs,
+                      {"categories": loaded.categories,
+                       "input": {"batch": 1, "height": None, "width": None},
+                       "detection": {"score_thresh": float(getattr(heads, "score_thresh", 0.0))},
+                       **_weights(loaded)})
 
 
 class VaeDecoder(nn.Module):
@@ -207,7 +208,7 @@ class VaeDecoder(nn.Module):
         return vae.decode(self.vae, latents)
 
 
-def _generative(options: ExportOptions) -> Source:
+def _generative(options: ExportOptions) -> Exportable:
     from cvtool.generative.checkpoint import load_generative
 
     if options.weights != "default":
@@ -224,9 +225,9 @@ def _generative(options: ExportOptions) -> Source:
     inputs = [(f"{count} latents", torch.randn(count, dim, generator=generator))
               for count in LATENT_BATCHES]
     height, width = loaded.meta["generative"]["image_size"]
-    return Source("generate", loaded.name, module, inputs, "latents", {0: "batch"}, ["images"],
-                  {"generative": loaded.meta["generative"],
-                   "input": {"batch": None, "height": None, "width": None},
-                   "image": {"height": height, "width": width},
-                   "source_weights": loaded.weights_file,
-                   "source_weights_sha256": loaded.weights_sha256})
+    return Exportable("generate", loaded.name, module, inputs, "latents", {0: "batch"}, ["images"],
+                      {"generative": loaded.meta["generative"],
+                       "input": {"batch": None, "height": None, "width": None},
+                       "image": {"height": height, "width": width},
+                       "source_weights": loaded.weights_file,
+                       "source_weights_sha256": loaded.weights_sha256})
