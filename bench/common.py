@@ -20,7 +20,7 @@ sys.path.insert(0, str(ROOT))
 
 def machine_line() -> str:
     """CPU model, usable cores and the ISA flags that change kernels (from /proc/cpuinfo)."""
-    from cvtool.bench.peaks import read_cpuinfo
+    from cvtool.devicebench.peaks import read_cpuinfo
 
     cpu = read_cpuinfo()
     flags = " ".join(flag for flag in ISA_FLAGS if flag in cpu.flags) or "none of " + \

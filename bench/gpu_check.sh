@@ -40,9 +40,9 @@ echo "torch.utils.benchmark agreement: exit $?" | tee -a "$OUT/log.txt"
 "$PY" - "$OUT" <<'PY'
 import json, sys
 from pathlib import Path
-from cvtool.bench.report import summary, to_json
+from cvtool.devicebench.report import summary, to_json
 from cvtool.writers import write_bytes
-from cvtool.bench.runner import BenchResult
+from cvtool.devicebench.runner import BenchResult
 out = Path(sys.argv[1])
 parts = [json.loads((out / f"{op}.json").read_text()) for op in ("matmul", "conv2d")
          if (out / f"{op}.json").exists()]

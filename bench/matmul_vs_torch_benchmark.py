@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cvtool.bench.cases import Case, MatmulShape  # noqa: E402
-from cvtool.bench.timing import CpuTimer, Plan, Series, measure, median_iqr  # noqa: E402
-from cvtool.bench.workloads import make_workload  # noqa: E402
+from cvtool.devicebench.cases import Case, MatmulShape  # noqa: E402
+from cvtool.devicebench.timing import CpuTimer, Plan, Series, measure, median_iqr  # noqa: E402
+from cvtool.devicebench.workloads import make_workload  # noqa: E402
 
 TOLERANCE = 0.10
 

@@ -14,7 +14,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 
-
 def _version() -> str:
     """pyproject.toml's version, as the installed package's metadata has it (the one place it
     is written)."""

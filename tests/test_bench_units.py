@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from cvtool.bench.cases import CONV_LAYERS, ConvShape, MatmulShape, build_cases, parse_sizes
-from cvtool.bench.gate import evaluate, parse_requirement
-from cvtool.bench.peaks import cpu_dtype_support, cpu_peak, gpu_peak, read_cpuinfo
-from cvtool.bench.runner import BenchResult, add_speedups
-from cvtool.bench.timing import Plan, Series, is_noisy, measure, median_iqr
 from cvtool.core.status import UsageError
+from cvtool.devicebench.cases import CONV_LAYERS, ConvShape, MatmulShape, build_cases, parse_sizes
+from cvtool.devicebench.gate import evaluate, parse_requirement
+from cvtool.devicebench.peaks import cpu_dtype_support, cpu_peak, gpu_peak, read_cpuinfo
+from cvtool.devicebench.runner import BenchResult, add_speedups
+from cvtool.devicebench.timing import Plan, Series, is_noisy, measure, median_iqr
 
 # --- FLOP formulas against hand-computed cases -------------------------------------------
 

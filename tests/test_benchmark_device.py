@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from cvtool.bench import workloads
-from cvtool.bench.cases import Case
+from cvtool.devicebench import workloads
+from cvtool.devicebench.cases import Case
 from tests.clirun import cvtool
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +60,7 @@ def test_cpu_is_timed_with_one_thread_and_all_cores(quick_json: dict) -> None:
 
 
 def test_cpu_peak_is_stated_with_its_source(quick_json: dict) -> None:
-    from cvtool.bench.peaks import cpu_flops_per_cycle, read_cpuinfo
+    from cvtool.devicebench.peaks import cpu_flops_per_cycle, read_cpuinfo
 
     peaks = quick_json["devices"]["cpu"]["peaks"]
     cpu = read_cpuinfo()
@@ -146,7 +146,7 @@ def test_csv_table_output_file_and_plot(tmp_path: Path) -> None:
 
 
 def test_module_import_does_not_load_torch() -> None:
-    code = ("import sys, cvtool.cli.bench, cvtool.bench.report, cvtool.bench.gate; "
+    code = ("import sys, cvtool.cli.bench, cvtool.devicebench.report, cvtool.devicebench.gate; "
             "print('torch' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, check=True)
@@ -166,8 +166,8 @@ def test_real_entry_point() -> None:
 
 
 def test_the_cpu_only_plot_states_the_clock_its_peak_assumes() -> None:
-    from cvtool.bench.peaks import read_cpuinfo
-    from cvtool.bench.plot import _peak_label
+    from cvtool.devicebench.peaks import read_cpuinfo
+    from cvtool.devicebench.plot import _peak_label
 
     cpu, label = read_cpuinfo(), _peak_label()
     if cpu.mhz is None:

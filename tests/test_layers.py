@@ -16,7 +16,7 @@ from tests.clirun import ROOT
 
 # Lower layers first; a module may import its own layer and those below it.
 LAYERS = {"core": 0, "io": 1, "models": 2, "data": 3, "generative": 3, "inference": 4,
-          "train": 5, "bench": 5, "export": 5, "cli": 6}
+          "train": 5, "devicebench": 5, "export": 5, "cli": 6}
 PACKAGE = ROOT / "cvtool"
 
 

@@ -12,13 +12,20 @@ from typing import Annotated, Any, Literal, Optional
 
 import typer
 
-from cvtool.bench.cases import DEFAULT_SIZES, DTYPES, OPS, QUICK_SIZES, build_cases, parse_sizes
-from cvtool.bench.devices import DEVICES, available_cores
-from cvtool.bench.gate import FORMAT, evaluate, parse_requirement
-from cvtool.bench.timing import Plan
 from cvtool.cli.options import Debug, Quiet
 from cvtool.core.context import Environment, current, finish
 from cvtool.core.status import ExitStatus, UsageError
+from cvtool.devicebench.cases import (
+    DEFAULT_SIZES,
+    DTYPES,
+    OPS,
+    QUICK_SIZES,
+    build_cases,
+    parse_sizes,
+)
+from cvtool.devicebench.devices import DEVICES, available_cores
+from cvtool.devicebench.gate import FORMAT, evaluate, parse_requirement
+from cvtool.devicebench.timing import Plan
 
 FORMATS = ("table", "json", "csv")
 # --quick: tiny shapes and short runs, for CI smoke tests and this project's own tests.
@@ -133,10 +140,10 @@ def benchmark_device(
 
 
 def _run(env: Environment, options: dict[str, Any]) -> ExitStatus:
-    from cvtool.bench.devices import probe
-    from cvtool.bench.peaks import read_cpuinfo
-    from cvtool.bench.report import device_block, environment, summary
-    from cvtool.bench.runner import Settings, run_all
+    from cvtool.devicebench.devices import probe
+    from cvtool.devicebench.peaks import read_cpuinfo
+    from cvtool.devicebench.report import device_block, environment, summary
+    from cvtool.devicebench.runner import Settings, run_all
 
     cpu = read_cpuinfo()
     found = {kind: probe(kind, cpu, options["dtypes"]) for kind in options["devices"]}
@@ -170,13 +177,13 @@ def _echo(options: dict[str, Any]) -> dict[str, Any]:
 
 def _emit(env: Environment, options: dict[str, Any], results: list[Any],
           found: dict[str, Any], document: dict[str, Any]) -> None:
-    from cvtool.bench.report import to_csv, to_json, write_table
+    from cvtool.devicebench.report import to_csv, to_json, write_table
     from cvtool.io.writers import write_bytes
 
     if options["output"] is not None:
         write_bytes(options["output"], to_json(document).encode())
     if options["plot"] is not None:
-        from cvtool.bench.plot import write_plot
+        from cvtool.devicebench.plot import write_plot
 
         names = ", ".join(document["environment"]["device_names"].values())
         write_plot(results, options["plot"], f"benchmark-device: {names}")

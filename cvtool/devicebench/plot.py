@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cvtool.bench.runner import BenchResult
+from cvtool.devicebench.runner import BenchResult
 from cvtool.io.figures import new_figure, save_figure
 
 
@@ -40,7 +40,7 @@ def _bars(axes: Any, series: dict[str, dict[str, float]], cases: list[str], ylab
 def _peak_label() -> str:
     """The peak's clock: a VM's /proc/cpuinfo gives the base clock, which turbo passes (bars
     over 100% then mean that, not a wrong measurement)."""
-    from cvtool.bench.peaks import read_cpuinfo
+    from cvtool.devicebench.peaks import read_cpuinfo
 
     cpu = read_cpuinfo()
     if cpu.mhz is None:

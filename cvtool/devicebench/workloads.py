@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cvtool.bench.cases import Case, ConvShape
-from cvtool.bench.devices import torch_dtype
+from cvtool.devicebench.cases import Case, ConvShape
+from cvtool.devicebench.devices import torch_dtype
 
 # Largest acceptable max|out - ref| / max|ref| per dtype. float32 is tight enough that TF32
 # leaking in (about 5e-4) fails it; the others allow their output rounding and fp32

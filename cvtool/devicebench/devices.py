@@ -12,8 +12,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvtool.bench.cases import DTYPES
-from cvtool.bench.peaks import CpuInfo, Peak, cpu_dtype_support, cpu_peak, gpu_peak
+from cvtool.devicebench.cases import DTYPES
+from cvtool.devicebench.peaks import CpuInfo, Peak, cpu_dtype_support, cpu_peak, gpu_peak
 
 DEVICES = ("cpu", "cuda", "mps")
 PROBE_SIDE = 256

@@ -6,10 +6,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from cvtool.bench.cases import Case
-from cvtool.bench.devices import DeviceInfo, device_peak, precision
-from cvtool.bench.peaks import CpuInfo
-from cvtool.bench.timing import (
+from cvtool.core.context import Warn
+from cvtool.devicebench.cases import Case
+from cvtool.devicebench.devices import DeviceInfo, device_peak, precision
+from cvtool.devicebench.peaks import CpuInfo
+from cvtool.devicebench.timing import (
     CpuTimer,
     CudaTimer,
     MpsTimer,
@@ -20,8 +21,7 @@ from cvtool.bench.timing import (
     measure,
     median_iqr,
 )
-from cvtool.bench.workloads import TOLERANCE, make_workload, reference_error, transfer_ms
-from cvtool.core.context import Warn
+from cvtool.devicebench.workloads import TOLERANCE, make_workload, reference_error, transfer_ms
 
 DEFAULT_FLUSH_BYTES = 256 * 2**20  # triton's do_bench cache buffer, when L2 size is unknown
 # cuDNN autotuning picks the fastest algorithm per shape during the cold call, which is

@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from cvtool.bench.cases import DTYPES, OPS
-from cvtool.bench.devices import DEVICES
 from cvtool.core.status import UsageError
+from cvtool.devicebench.cases import DTYPES, OPS
+from cvtool.devicebench.devices import DEVICES
 
 if TYPE_CHECKING:
-    from cvtool.bench.runner import BenchResult
+    from cvtool.devicebench.runner import BenchResult
 
 METRICS = ("speedup", "tflops", "pct_of_peak")
 FORMAT = "[OP:]DEVICE:DTYPE:METRIC=VALUE, e.g. cuda:float16:speedup=20"

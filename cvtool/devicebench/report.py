@@ -13,9 +13,9 @@ from rich.console import Console
 from rich.table import Table
 
 from cvtool import __version__
-from cvtool.bench.devices import DeviceInfo, device_peak
-from cvtool.bench.peaks import CpuInfo
-from cvtool.bench.runner import CUDNN_BENCHMARK, BenchResult
+from cvtool.devicebench.devices import DeviceInfo, device_peak
+from cvtool.devicebench.peaks import CpuInfo
+from cvtool.devicebench.runner import CUDNN_BENCHMARK, BenchResult
 
 CSV_COLUMNS = ("op", "case", "shape", "dtype", "device", "threads", "median_ms", "iqr_ms",
                "runs", "calls_per_run", "cold_ms", "flops", "tflops", "peak_tflops",
@@ -29,7 +29,7 @@ def environment(devices: dict[str, DeviceInfo], threads: tuple[int, ...],
     reproduce the numbers."""
     import torch
 
-    from cvtool.bench.devices import available_cores, precision_flags
+    from cvtool.devicebench.devices import available_cores, precision_flags
 
     return {
         "cvtool": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
